@@ -1,0 +1,164 @@
+"""Batched multi-turn episodes: a KV-cache sampler where the environment's text enters as forced tokens.
+
+An episode is one token stream: prompt (system line, PI line in the teacher view, user request), then agent turns
+the policy samples, each followed by text the policy did not write (tool and user replies). B rows advance in
+lockstep, one position per step. At each step a row either *samples* a token (mask 1) or *consumes a forced token*
+(mask 0) from its queue. When a row's agent turn ends (it sampled a stop token, or the turn hit its length cap) a
+per-row callback reads the turn and returns the forced tokens that follow, and whether the episode is over. The
+environment's reply therefore enters the KV cache one token per step, without re-encoding the context.
+
+Rows come in groups: the K samples of one task share a prompt, which is prefilled once and its cache copied K
+times. Prompts of different groups may differ in length: the common prefix length is prefilled for every group in
+one batched forward, the rest of each prompt is forced token by token. Finished rows drop out of the cache.
+
+`generate_plain` is the reference: no cache, a full forward over the whole sequence at every step. The tests hold the
+two equal token for token; bench.py measures how much faster the cache is.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from model import KVCache
+
+
+@dataclass
+class Episodes:
+    ids: torch.Tensor  # (B, T) token ids, pad_id after a row's end
+    mask: torch.Tensor  # (B, T) 1 where the policy sampled the token, 0 for forced tokens and padding
+    logp: torch.Tensor  # (B, T) log-prob of each sampled token under the distribution it was drawn from, else 0
+    lengths: torch.Tensor  # (B,) tokens per row, padding excluded
+    done: torch.Tensor  # (B,) True if the callback ended the episode, False if max_len cut it off
+
+
+def next_token(logits, u, temperature, top_k):
+    """Draw one token per row from logits (B, V) with the uniforms u (B,): -> (tokens, log-probs), both (B,).
+
+    Inverse-CDF sampling: the draw depends only on the row's distribution and its own uniform, so the cached and
+    the plain generator make the same choice from the same seed, whatever the batch composition. Temperature 0 is
+    greedy, and its log-prob is the plain softmax's (the sampling distribution would be a point mass).
+    """
+    logits = logits.float()
+    if temperature == 0:
+        tok = logits.argmax(dim=-1)
+        return tok, F.log_softmax(logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logp = F.log_softmax(logits, dim=-1)
+    cdf = logp.exp().cumsum(dim=-1)
+    u = u[:, None] * cdf[:, -1:]  # scale by the total so rounding in the cumsum never runs off the end
+    tok = torch.searchsorted(cdf, u).squeeze(-1).clamp_max(logits.size(-1) - 1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+class _Rows:
+    """The per-row bookkeeping both generators share: forced-token queues, the current turn, the callback."""
+
+    def __init__(self, prompts, k, start, on_turn_end, stop_ids, max_turn_tokens):
+        self.queue = [list(p[start:]) for p in prompts for _ in range(k)]  # forced tokens still to feed
+        self.turn = [[] for _ in self.queue]  # tokens sampled in the current agent turn
+        self.ending = [False] * len(self.queue)  # the callback said done: finish once the queue is empty
+        self.on_turn_end, self.stop_ids, self.max_turn_tokens = on_turn_end, set(stop_ids), max_turn_tokens
+
+    def choose(self, row, sampled_tok):
+        """-> (token at this position, 1 if sampled else 0, True if the row has finished after it)."""
+        if self.queue[row]:
+            return self.queue[row].pop(0), 0, self.ending[row] and not self.queue[row]
+        turn = self.turn[row]
+        turn.append(sampled_tok)
+        if sampled_tok in self.stop_ids or len(turn) >= self.max_turn_tokens:
+            forced, done = self.on_turn_end(row, turn)
+            self.turn[row] = []
+            self.queue[row].extend(forced)
+            self.ending[row] = done
+            return sampled_tok, 1, done and not self.queue[row]
+        return sampled_tok, 1, False
+
+
+def _check(prompts, k, max_len, block_size):
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if max(len(p) for p in prompts) >= max_len:
+        raise ValueError(f"a prompt of {max(len(p) for p in prompts)} tokens leaves no room under max_len={max_len}")
+    if max_len > block_size:
+        raise ValueError(f"max_len={max_len} exceeds the model's block_size={block_size}")
+    if k < 1:
+        raise ValueError(f"group size k={k} must be >= 1")
+
+
+@torch.no_grad()
+def generate(model, prompts, k=1, *, max_len, on_turn_end=None, stop_ids=(), max_turn_tokens=None,
+             temperature=1.0, top_k=None, generator=None, pad_id=0):
+    """Sample len(prompts) * k episodes with a KV cache; rows g*k .. g*k+k-1 continue prompts[g].
+
+    on_turn_end(row, turn_tokens) -> (forced_tokens, done) is called when a row samples a token in `stop_ids` or its
+    turn reaches `max_turn_tokens`; without it, a row samples until max_len. `generator` seeds the uniforms: one
+    torch.rand(B) per position, drawn for every row, used or not, so results do not depend on the batch layout.
+    """
+    _check(prompts, k, max_len, model.config.block_size)
+    device = model.wte.weight.device
+    B, start = len(prompts) * k, min(len(p) for p in prompts)
+    rows = _Rows(prompts, k, start, on_turn_end or (lambda r, t: ([], False)), stop_ids, max_turn_tokens or max_len)
+    ids = torch.full((B, max_len), pad_id, dtype=torch.long)
+    ids[:, :start] = torch.tensor([p[:start] for p in prompts]).repeat_interleave(k, dim=0)
+    mask, logp = torch.zeros(B, max_len, dtype=torch.long), torch.zeros(B, max_len)
+    lengths, done = torch.full((B,), max_len, dtype=torch.long), torch.zeros(B, dtype=torch.bool)
+
+    cache = KVCache(model.config, len(prompts), max_len, device, model.wte.weight.dtype)
+    logits, _ = model(ids[::k, :start].to(device), kv_cache=cache)  # the shared prefix, once per group
+    cache.repeat(k)
+    logits = logits[:, -1].repeat_interleave(k, dim=0)  # (B, V)
+    active = list(range(B))  # rows still running, in cache order
+    for t in range(start, max_len):
+        u = torch.rand(B, generator=generator, device=generator.device if generator else "cpu")
+        sampled, lp = next_token(logits, u[active].to(device), temperature, top_k)
+        keep, step_tokens = [], []
+        for i, (row, s, s_lp) in enumerate(zip(active, sampled.tolist(), lp.tolist())):
+            tok, m, finished = rows.choose(row, s)
+            ids[row, t], mask[row, t], logp[row, t] = tok, m, (s_lp if m else 0.0)
+            if finished:
+                lengths[row], done[row] = t + 1, True
+            else:
+                keep.append(i)
+                step_tokens.append(tok)
+        if not keep or t == max_len - 1:
+            break
+        if len(keep) < len(active):
+            cache.keep(torch.tensor(keep, device=device))
+            active = [active[i] for i in keep]
+        logits, _ = model(torch.tensor(step_tokens, device=device)[:, None], kv_cache=cache)
+        logits = logits[:, -1]
+    return Episodes(ids, mask, logp, lengths, done)
+
+
+@torch.no_grad()
+def generate_plain(model, prompts, k=1, *, max_len, on_turn_end=None, stop_ids=(), max_turn_tokens=None,
+                   temperature=1.0, top_k=None, generator=None, pad_id=0):
+    """The reference for `generate`: same arguments, same result, but a full forward over every row's whole
+    sequence at every position (no cache, no prefill sharing, no dropping of finished rows)."""
+    _check(prompts, k, max_len, model.config.block_size)
+    device = model.wte.weight.device
+    B, start = len(prompts) * k, min(len(p) for p in prompts)
+    rows = _Rows(prompts, k, start, on_turn_end or (lambda r, t: ([], False)), stop_ids, max_turn_tokens or max_len)
+    ids = torch.full((B, max_len), pad_id, dtype=torch.long)
+    ids[:, :start] = torch.tensor([p[:start] for p in prompts]).repeat_interleave(k, dim=0)
+    mask, logp = torch.zeros(B, max_len, dtype=torch.long), torch.zeros(B, max_len)
+    lengths, done = torch.full((B,), max_len, dtype=torch.long), torch.zeros(B, dtype=torch.bool)
+    running = [True] * B
+    for t in range(start, max_len):
+        u = torch.rand(B, generator=generator, device=generator.device if generator else "cpu")
+        logits, _ = model(ids[:, :t].to(device))
+        sampled, lp = next_token(logits[:, -1], u.to(device), temperature, top_k)
+        for row in range(B):
+            if not running[row]:
+                continue
+            tok, m, finished = rows.choose(row, sampled[row].item())
+            ids[row, t], mask[row, t], logp[row, t] = tok, m, (lp[row].item() if m else 0.0)
+            if finished:
+                lengths[row], done[row], running[row] = t + 1, True, False
+        if not any(running):
+            break
+    return Episodes(ids, mask, logp, lengths, done)
