@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import tokenizer as tk
+from env import SYS_LINE, make, pi_line
 from model import KVCache
 
 
@@ -162,3 +164,59 @@ def generate_plain(model, prompts, k=1, *, max_len, on_turn_end=None, stop_ids=(
         if not any(running):
             break
     return Episodes(ids, mask, logp, lengths, done)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# episodes of the environment: the sampler above, with env replies as forced tokens
+
+
+@dataclass
+class Played:
+    episodes: Episodes  # ids, masks (1 = agent-sampled), log-probs, lengths
+    rewards: torch.Tensor  # (B,) the env's reward; 0 for an episode cut off by max_len
+    envs: list  # the B finished environments (history, per-check info, the world)
+
+
+def play(model, seeds, k=1, *, level="L2", pi=None, temperature=1.0, top_k=None, generator=None, max_len=256,
+         max_turn_tokens=96):
+    """len(seeds) * k episodes of toy_shop; rows i*k .. i*k+k-1 play seeds[i]. `pi` = None is the student view,
+    a PI form name the teacher view (the PI line in the prompt). An agent turn ends at its newline token; the env's
+    reply and the next `<|agent|>` marker are forced; a finished episode ends `<|user|> bye<|eos|>`."""
+    envs = []
+    prompts = []
+    for seed in seeds:
+        for _ in range(k):
+            envs.append(make("toy_shop", level))
+            envs[-1].reset(seed)
+        prompts.append(tk.encode(envs[-1].transcript(pi) + "<|agent|>"))
+    rewards = torch.zeros(len(envs))
+
+    def on_turn_end(row, turn):
+        env = envs[row]
+        obs, reward, done, _ = env.step(tk.decode(turn))
+        if done:
+            rewards[row] = reward
+            return tk.encode(f"<|{env.history[-1][0]}|> {obs}<|eos|>"), True
+        return tk.encode(f"<|tool|> {obs}\n<|agent|>"), False
+
+    episodes = generate(model, prompts, k, max_len=max_len, on_turn_end=on_turn_end, stop_ids=tk.encode("\n"),
+                        max_turn_tokens=max_turn_tokens, temperature=temperature, top_k=top_k, generator=generator,
+                        pad_id=tk.special("<|pad|>"))
+    return Played(episodes, rewards * episodes.done, envs)
+
+
+def student_view(played, pi):
+    """The teacher's episodes with the PI line cut out: (ids, mask), same width, padded at the end.
+
+    The PI line is a contiguous block right after the system line, so deleting it leaves exactly the student's
+    context followed by the same agent and env tokens: both views score the same outputs (PAPER.md §1)."""
+    ep, start = played.episodes, len(tk.encode(SYS_LINE))
+    ids, mask = torch.full_like(ep.ids, tk.special("<|pad|>")), torch.zeros_like(ep.mask)
+    for row, env in enumerate(played.envs):
+        line = tk.encode(pi_line(env.pi[pi]))
+        end = start + len(line)
+        assert ep.ids[row, start:end].tolist() == line, "the teacher's prompt does not hold this PI line"
+        n = ep.ids.size(1) - len(line)
+        ids[row, :n] = torch.cat([ep.ids[row, :start], ep.ids[row, end:]])
+        mask[row, :n] = torch.cat([ep.mask[row, :start], ep.mask[row, end:]])
+    return ids, mask

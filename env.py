@@ -1,0 +1,491 @@
+"""toy_shop: a τ-bench-like retail task, its scripted expert with chain of thought, and the five PI forms.
+
+    env = make("toy_shop", level="L2")
+    obs, info = env.reset(seed)           # obs: the user's request
+    obs, reward, done, info = env.step("profile u3")
+
+Each seed builds a small world from its own random.Random: a catalogue of rows with per-episode ids (one token
+each, see tokenizer.py), a user with a gift balance, an order. Three task families (ENV.md §4):
+
+    BUY       i am u3 . buy 2 red mug          colour and stock >= qty -> cheapest -> total -> gift covers it?
+    RETURN    i am u5 . return the priciest item of o2     pending -> cancel, delivered -> return the arg-max
+    EXCHANGE  i am u8 . swap my shirt in o1 for a white one    colour, same size, in stock -> cheapest -> pay/refund
+
+The reward (§5) is 1 iff the final world state equals the one the expert's writes produce and the final `say`
+carries the required output. Tool errors and unparsable turns come back as observations, never exceptions.
+
+The expert (§6) has two faces that must agree on every seed: `solve(world)` plans from the hidden state, and
+`expert_act(transcript)` reads only the rendered transcript (which proves the task is observable). Its chain of
+thought, written only before the decisive write, spells out each candidate, the arithmetic and the thresholds.
+
+Simplifications against ENV.md: L2 has no budget (the payment rule is the threshold; a budget drawn near the total
+leaks the payment, §11), and L3 adds a budget with `none` answers and more rows but no `ask` slot or fee rule.
+"""
+
+import random
+import re
+from dataclasses import dataclass, field
+
+COLORS = ["red", "blue", "green", "black", "white"]
+BUY_CATEGORIES = ["mug", "lamp", "book", "bag", "hat"]
+SIZED_CATEGORIES = ["shirt", "shoe"]
+SIZES = ["small", "mid", "large"]
+ID_LETTERS = "bdfghjkmnpqz"  # ids are letter+digit, one token each; u, o, s, x, t, v, c, w stay free for words
+ITEM_IDS = [f"{a}{d}" for a in ID_LETTERS for d in range(1, 10)]
+PI_FORMS = ["full", "tools", "key", "answer", "hint"]
+LEVELS = {  # rows per search, max qty, families, budget and share of `none` worlds
+    "L1": dict(rows=4, max_qty=1, families=["BUY"], stock=False, budget=False, none=0.0),
+    "L2": dict(rows=5, max_qty=2, families=["BUY", "RETURN", "EXCHANGE"], stock=True, budget=False, none=0.03),
+    "L3": dict(rows=7, max_qty=3, families=["BUY", "RETURN", "EXCHANGE"], stock=True, budget=True, none=0.10),
+}
+ENVS = ["toy_shop"]
+# seed ranges never overlap: training tasks, held-out tasks, and the base model's pretraining corpus
+TRAIN_SEEDS, TEST_SEEDS, PRETRAIN_SEED0 = range(0, 100_000), range(100_000, 200_000), 1_000_000
+
+
+@dataclass
+class Row:
+    id: str
+    color: str
+    price: int
+    stock: int
+    size: str = ""  # only for sized categories
+
+    def render(self):
+        return " ".join(x for x in (self.id, self.color, self.size, str(self.price), f"st{self.stock}") if x)
+
+
+@dataclass
+class Order:
+    id: str
+    status: str  # delivered | pending | cancelled
+    pay: str  # gift | card
+    items: list  # Rows (stock unused)
+    category: str = ""
+
+    def render(self):
+        items = " | ".join(f"{r.id} {self.category} {r.color} {r.size} {r.price}".replace("  ", " ")
+                           if self.category else f"{r.id} {r.price}" for r in self.items)
+        return f"{self.id} {self.status} paid {self.pay} : {items}"
+
+
+@dataclass
+class World:
+    family: str
+    user: str
+    gift: int
+    category: str
+    rows: list  # the catalogue `search` returns
+    orders: dict = field(default_factory=dict)
+    qty: int = 1
+    color: str = ""
+    mode: str = ""  # RETURN: priciest | cheapest
+    order_id: str = ""  # RETURN / EXCHANGE: the order named in the request
+    budget: int = 0  # L3 BUY only
+
+    def request(self):
+        if self.family == "BUY":
+            return f"i am {self.user} . buy {self.qty} {self.color} {self.category}" + (
+                f" , max {self.budget}" if self.budget else "")
+        if self.family == "RETURN":
+            return f"i am {self.user} . return the {self.mode} item of {self.order_id}"
+        return f"i am {self.user} . swap my {self.category} in {self.order_id} for a {self.color} one"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# worlds, built by construction so that shallow heuristics stay weak (ENV.md §4: the answer's row position is
+# uniform, the cheapest row of the colour is often out of stock or the wrong size, the cheapest overall the wrong
+# colour). Every draw comes from the seed's own random.Random.
+
+
+def _pay_threshold(rng, amount):
+    """A gift balance that covers `amount` half the time, drawn around the amount, independent of anything else."""
+    return amount + rng.randint(0, 40) if rng.random() < 0.5 else max(0, amount - rng.randint(1, 40))
+
+
+def _catalogue(rng, n, color, need, size="", none=False, stock=True):
+    """n rows; the target is the cheapest with `color` (and `size`) and stock >= need, at a uniform position.
+
+    Traps: cheaper rows of the colour that fail stock (or size), and cheaper rows of other colours. With `none`,
+    no row passes the filter. Returns (rows, target row or None)."""
+    prices = sorted(rng.sample(range(10, 100), n))
+    t = rng.randrange(1, n - 1)  # the target's rank by price: room for cheaper traps and pricier alternatives
+    others = [c for c in COLORS if c != color]
+    rows = []
+    for i, (rid, p) in enumerate(zip(rng.sample(ITEM_IDS, n), prices)):
+        r = Row(rid, rng.choice(others), p, rng.randint(0, 5) if stock else 5, rng.choice(SIZES) if size else "")
+        if i == t:
+            r.color, r.stock, r.size = color, rng.randint(need, 5) if stock else 5, size
+        elif i < t and (stock or size) and rng.random() < 0.6:  # cheaper, the right colour, fails a filter
+            r.color = color
+            if size and (not stock or rng.random() < 0.5):
+                r.size, r.stock = rng.choice([s for s in SIZES if s != size]), rng.randint(need, 5)
+            else:
+                r.size, r.stock = size, rng.randint(0, need - 1)
+        elif i > t and rng.random() < 0.5:  # pricier rows of the colour: valid or not, never the cheapest
+            r.color = color
+        rows.append(r)
+    target = rows[t]
+    if none:
+        target = None
+        for r in rows:
+            if r.color == color and r.size == size:
+                r.stock = min(r.stock, need - 1)
+    rng.shuffle(rows)
+    return rows, target
+
+
+def build_world(seed, level="L2"):
+    rng = random.Random(seed)
+    lv = LEVELS[level]
+    family = rng.choice(lv["families"])
+    user = f"u{rng.randint(1, 9)}"
+    if family == "BUY":
+        qty, color, cat = rng.randint(1, lv["max_qty"]), rng.choice(COLORS), rng.choice(BUY_CATEGORIES)
+        none = rng.random() < lv["none"]
+        rows, target = _catalogue(rng, lv["rows"], color, qty, none=none, stock=lv["stock"])
+        total = target.price * qty if target else rng.randint(20, 150)
+        w = World(family, user, _pay_threshold(rng, total), cat, rows, qty=qty, color=color)
+        if lv["budget"] and target:  # over budget makes it a `none` world too, at the level's share
+            w.budget = total + rng.randint(0, 40) if rng.random() >= lv["none"] else rng.randint(max(1, total - 20), total - 1)
+        elif lv["budget"]:
+            w.budget = rng.randint(40, 200)
+        return w
+    oid = f"o{rng.randint(1, 9)}"
+    if family == "RETURN":
+        n = 4 if level != "L3" else 5
+        items = [Row(i, "", p, 0) for i, p in zip(rng.sample(ITEM_IDS, n), rng.sample(range(10, 100), n))]
+        status = "pending" if rng.random() < 0.3 else "delivered"
+        order = Order(oid, status, rng.choice(["gift", "card"]), items)
+        return World(family, user, rng.randint(0, 150), "", [], {oid: order}, mode=rng.choice(["priciest", "cheapest"]),
+                     order_id=oid)
+    cat, size = rng.choice(SIZED_CATEGORIES), rng.choice(SIZES)
+    old_color, color = rng.sample(COLORS, 2)
+    rows, target = _catalogue(rng, lv["rows"], color, 1, size=size)
+    old_ids = [i for i in ITEM_IDS if i not in {r.id for r in rows}]
+    old = Row(rng.choice(old_ids), old_color, rng.choice([p for p in range(10, 100) if p not in {r.price for r in rows}]), 0, size)
+    order = Order(oid, "delivered", rng.choice(["gift", "card"]), [old], cat)
+    diff = target.price - old.price
+    gift = _pay_threshold(rng, diff) if diff > 0 else rng.randint(0, 150)
+    return World(family, user, gift, cat, rows, {oid: order}, color=color, order_id=oid)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the expert: the canonical shortest plan from the hidden state, and the same plan read off the transcript
+
+
+def solve(world):
+    """The expert's plan from the hidden world: a list of actions (the last one is `say`)."""
+    w = world
+    if w.family == "BUY":
+        ok = [r for r in w.rows if r.color == w.color and r.stock >= w.qty]
+        best = min(ok, key=lambda r: r.price) if ok else None
+        total = best.price * w.qty if best else 0
+        if best is None or (w.budget and total > w.budget):
+            return [f"profile {w.user}", f"search {w.category}", "say none"]
+        pay = "gift" if w.gift >= total else "card"
+        return [f"profile {w.user}", f"search {w.category}", f"buy {best.id} {w.qty} {pay}", f"say total {total}"]
+    order = w.orders[w.order_id]
+    if w.family == "RETURN":
+        if order.status == "pending":
+            total = sum(r.price for r in order.items)
+            return [f"profile {w.user}", f"order {order.id}", f"cancel {order.id}", f"say refund {total}"]
+        pick = (max if w.mode == "priciest" else min)(order.items, key=lambda r: r.price)
+        return [f"profile {w.user}", f"order {order.id}", f"return {order.id} {pick.id}", f"say refund {pick.price}"]
+    old = order.items[0]
+    ok = [r for r in w.rows if r.color == w.color and r.size == old.size and r.stock >= 1]
+    best = min(ok, key=lambda r: r.price)
+    diff = best.price - old.price
+    pay = ("gift" if w.gift >= diff else "card") if diff > 0 else order.pay
+    out = f"pay {diff}" if diff > 0 else f"refund {-diff}"
+    return [f"profile {w.user}", f"order {order.id}", f"search {w.category}", f"exchange {order.id} {old.id} {best.id} {pay}",
+            f"say {out}"]
+
+
+ROW_RE = re.compile(r"([a-z]\d) ([a-z]+) (?:(small|mid|large) )?(\d+) st(\d+)")
+
+
+def _lines(transcript, tag):
+    return [m.group(1).strip() for m in re.finditer(rf"<\|{tag}\|>([^\n<]*)", transcript)]
+
+
+def expert_act(transcript, cot=False):
+    """The expert's next agent message, read from the rendered student transcript alone (no hidden state).
+
+    With `cot`, the decisive write is preceded by `<|think|> … <|/think|>`: every candidate ok/no, the best row,
+    the arithmetic in digits and the payment test (ENV.md §6)."""
+    request = _lines(transcript, "user")[0]
+    tools = _lines(transcript, "tool")
+    agent = [a.split("<|/think|>")[-1].strip() for a in re.findall(r"<\|agent\|>([^\n]*)", transcript)]
+    n = len(agent)
+    user = request.split()[2]
+    if n == 0:
+        return f"profile {user}"
+    gift = int(tools[0].split()[-1])
+    think = ""
+    m = re.match(r"i am \w+ \. buy (\d) (\w+) (\w+)(?: , max (\d+))?", request)
+    if m:
+        qty, color, cat, budget = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+        if n == 1:
+            return f"search {cat}"
+        if n == 3:
+            return f"say {tools[2].split(' ', 1)[1]}" if tools[2].startswith("ok ") else "say none"
+        rows = [(i, c, int(p), int(s)) for i, c, _, p, s in ROW_RE.findall(tools[1])]
+        notes = [f"{i} {p} st{s} {'ok' if s >= qty else 'no'}" for i, c, p, s in rows if c == color]
+        ok = [(p, i) for i, c, p, s in rows if c == color and s >= qty]
+        think = f"{color} qty {qty} : " + " . ".join(notes)
+        if not ok:
+            return _with_think(think + " . none", "say none", cot)
+        p, i = min(ok)
+        total = p * qty
+        think += f" . best {i} {p} . " + (f"{' + '.join([str(p)] * qty)} = {total}" if qty > 1 else f"total {total}")
+        if budget and total > int(budget):
+            return _with_think(think + f" . {total} > {budget} none", "say none", cot)
+        if budget:
+            think += f" . {total} <= {budget} ok"
+        pay = "gift" if gift >= total else "card"
+        think += f" . gift {gift} {'>=' if pay == 'gift' else '<'} {total} {pay}"
+        return _with_think(think, f"buy {i} {qty} {pay}", cot)
+    oid = re.search(r"\b(o\d)\b", request).group(1)
+    if n == 1:
+        return f"order {oid}"
+    _, status, _, paid, _, items = tools[1].split(" ", 5)
+    words = request.split()  # i am u5 . return the priciest item of o2 | i am u8 . swap my shirt in o1 for a white one
+    if words[4] == "return":
+        if n == 3:
+            return f"say {tools[2].split(' ')[1]} {tools[2].split(' ')[2]}"
+        if status == "pending":
+            return _with_think(f"{oid} pending cancel", f"cancel {oid}", cot)
+        prices = [(int(p), i) for i, p in re.findall(r"([a-z]\d) (\d+)", items)]
+        mode = words[6]
+        p, i = max(prices) if mode == "priciest" else min(prices)
+        think = f"{oid} delivered . {mode} : " + " ".join(f"{i} {p}" for p, i in prices) + f" . best {i} {p}"
+        return _with_think(think, f"return {oid} {i}", cot)
+    cat = words[6]
+    if n == 2:
+        return f"search {cat}"
+    if n == 4:
+        return f"say {tools[3].split(' ')[1]} {tools[3].split(' ')[2]}"
+    old_id, _, _, size, old_price = items.split()
+    color = words[11]
+    rows = [(i, c, z, int(p), int(s)) for i, c, z, p, s in ROW_RE.findall(tools[2])]
+    notes = [f"{i} {z} {p} st{s} {'ok' if z == size and s >= 1 else 'no'}" for i, c, z, p, s in rows if c == color]
+    p, i = min((p, i) for i, c, z, p, s in rows if c == color and z == size and s >= 1)
+    diff = p - int(old_price)
+    think = f"{color} {size} : " + " . ".join(notes) + f" . best {i} {p} . {p} - {old_price} = {diff}"
+    if diff > 0:
+        pay = "gift" if gift >= diff else "card"
+        think += f" . gift {gift} {'>=' if pay == 'gift' else '<'} {diff} {pay}"
+    else:
+        pay = paid
+        think += f" . refund to {paid}"
+    return _with_think(think, f"exchange {oid} {old_id} {i} {pay}", cot)
+
+
+def _with_think(think, action, cot):
+    return f"<|think|> {think} <|/think|> {action}" if cot else action
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PI forms: one line in the system segment of the teacher's context (ENV.md §6)
+
+
+HINTS = {"BUY": "cheapest {color} with stock {qty} ; gift covers total or card",
+         "RETURN": "pending cancel , delivered return the {mode}",
+         "EXCHANGE": "cheapest {color} same size in stock ; gift covers difference or card"}
+
+
+def pi_text(world, form, plan=None):
+    """The privileged information of one form, from a plan (default: the expert's, actions only). pretrain.py
+    passes a weak agent's own actions instead, for its hindsight PI lines."""
+    plan = plan or solve(world)
+    if form == "full":
+        return "full : " + " ; ".join(plan)
+    if form == "tools":
+        return "tools : " + " ; ".join(a.split()[0] for a in plan)
+    if form == "key":  # the decisive arguments: the write's ids and payment, not what the request already says
+        write = plan[-2].split() if len(plan) > 3 else ["none"]
+        keep = {"buy": [1, 3], "return": [2], "cancel": [0], "exchange": [3, 4]}.get(write[0], [0])
+        return "key : " + " ".join(write[k] for k in keep if k < len(write))
+    if form == "answer":
+        return "answer : " + plan[-1].partition(" ")[2]
+    if form == "hint":
+        return "hint : " + HINTS[world.family].format(color=world.color, qty=world.qty, mode=world.mode)
+    raise ValueError(f"unknown PI form {form!r}; valid: {', '.join(PI_FORMS)}")
+
+
+SYS_LINE = "<|sys|> shop\n"
+
+
+def pi_line(pi):
+    return f"<|pi|> {pi} <|/pi|>\n"
+
+
+def render(history, pi=None, done=False):
+    """The transcript text of an episode. `history` is [(role, text)]: roles user, agent, tool. With `pi`, the PI
+    line goes right after the system line (the teacher view); without, the student view. `strip_pi` undoes it.
+    Every turn is one line; a finished episode ends with <|eos|> instead of its last newline."""
+    out = SYS_LINE + (pi_line(pi) if pi else "")
+    for role, text in history:
+        out += f"<|{role}|> {text}\n"
+    return out[:-1] + "<|eos|>" if done else out
+
+
+def strip_pi(text):
+    return re.sub(r"<\|pi\|>[^\n]*\n", "", text)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the environment
+
+
+def state(world, new_orders):
+    """Everything a write can change: what the reward compares with the expert's replay."""
+    return (tuple((r.id, r.stock) for r in world.rows), world.gift,
+            tuple((o.id, o.status, tuple(r.id for r in o.items)) for o in world.orders.values()), tuple(new_orders))
+
+
+class ToyShop:
+    def __init__(self, level="L2"):
+        if level not in LEVELS:
+            raise ValueError(f"unknown level {level!r}; valid: {', '.join(LEVELS)}")
+        self.level = level
+        self.max_turns = 8
+
+    def reset(self, seed):
+        self.seed, self.world = seed, build_world(seed, self.level)
+        self.plan = solve(self.world)
+        self.pi = {form: pi_text(self.world, form) for form in PI_FORMS}  # from the fresh world, before any write
+        self.authed, self.wrote, self.write_attempted, self.new_orders = False, None, False, []
+        self.turns, self.said, self.done = 0, None, False
+        self.history = [("user", self.world.request())]
+        return self.history[0][1], {"family": self.world.family, "seed": seed}
+
+    def step(self, text):
+        """One agent turn -> (observation, reward, done, info). Never raises on the agent's text."""
+        self.turns += 1
+        action = text.split("<|/think|>")[-1].strip()
+        self.history.append(("agent", text.strip()))
+        if "<|" in action or not action:
+            obs = "error format"
+        else:
+            obs = self._tool(action.split())
+        done = self.done = self.said is not None or self.turns >= self.max_turns
+        if self.said is not None:
+            self.history.append(("user", obs))
+        else:
+            self.history.append(("tool", obs))
+        reward, info = (self._reward() if done else (0.0, {}))
+        return obs, reward, done, info
+
+    def _tool(self, a):
+        w, name, args = self.world, a[0], a[1:]
+        try:
+            if name == "say":
+                self.said = " ".join(args)
+                return "bye"
+            if name == "profile":
+                if args != [w.user]:
+                    return "error unknown user"
+                self.authed = True
+                return f"{w.user} gift {w.gift}"
+            if name == "search":
+                if args != [w.category] or not w.rows:
+                    return "error no such category"
+                return " | ".join(r.render() for r in w.rows)
+            if name == "order":
+                if len(args) != 1 or args[0] not in w.orders:
+                    return "error unknown order"
+                return w.orders[args[0]].render()
+            if name not in ("buy", "return", "cancel", "exchange"):
+                return "error format"
+            if not self.authed:
+                return "error auth"
+            if self.wrote:
+                return "error one write"
+            self.write_attempted = True
+            return getattr(self, f"_{name}")(*args)
+        except (TypeError, ValueError, KeyError, StopIteration):  # wrong arity, non-numbers, unknown ids
+            return "error bad arguments"
+
+    def _buy(self, item, qty, pay):
+        w, qty = self.world, int(qty)
+        row = next(r for r in w.rows if r.id == item)
+        total = row.price * qty
+        if pay not in ("gift", "card") or qty < 1:
+            return "error bad arguments"
+        if row.stock < qty:
+            return "error stock"
+        if pay == "gift" and w.gift < total:
+            return "error gift low"
+        row.stock -= qty
+        w.gift -= total if pay == "gift" else 0
+        self.new_orders.append((item, qty, pay))
+        self.wrote = ("buy", item, qty, pay)
+        return f"ok total {total}"
+
+    def _return(self, oid, item):
+        order = self.world.orders[oid]
+        row = next(r for r in order.items if r.id == item)
+        if order.status != "delivered":
+            return f"error order {order.status}"
+        order.items.remove(row)
+        self.world.gift += row.price if order.pay == "gift" else 0
+        self.wrote = ("return", oid, item)
+        return f"ok refund {row.price} to {order.pay}"
+
+    def _cancel(self, oid):
+        order = self.world.orders[oid]
+        if order.status != "pending":
+            return f"error order {order.status}"
+        order.status = "cancelled"
+        total = sum(r.price for r in order.items)
+        self.world.gift += total if order.pay == "gift" else 0
+        self.wrote = ("cancel", oid)
+        return f"ok refund {total}"
+
+    def _exchange(self, oid, old_id, new_id, pay):
+        w, order = self.world, self.world.orders[oid]
+        old = next(r for r in order.items if r.id == old_id)
+        new = next(r for r in w.rows if r.id == new_id)
+        if order.status != "delivered" or pay not in ("gift", "card"):
+            return "error bad arguments"
+        if new.stock < 1:
+            return "error stock"
+        diff = new.price - old.price
+        if diff > 0 and pay == "gift" and w.gift < diff:
+            return "error gift low"
+        new.stock -= 1
+        order.items[order.items.index(old)] = new
+        if diff > 0:
+            w.gift -= diff if pay == "gift" else 0
+        else:
+            w.gift += -diff if order.pay == "gift" else 0
+        self.wrote = ("exchange", oid, old_id, new_id, pay if diff > 0 else order.pay)
+        return f"ok pay {diff}" if diff > 0 else f"ok refund {-diff}"
+
+    def _reward(self):
+        """r = 1 iff the world equals the expert's replay and the `say` carries the required output (§5)."""
+        replay = ToyShop(self.level)
+        replay.reset(self.seed)
+        for action in replay.plan[:-1]:
+            replay._tool(action.split())
+        required = self.plan[-1].split(" ", 1)[1]
+        expected_write = replay.wrote
+        checks = {
+            "state": state(self.world, self.new_orders) == state(replay.world, replay.new_orders),
+            "write": (self.wrote or ("none",))[0] == (expected_write or ("none",))[0],
+            "args": self.wrote == expected_write,
+            "output": self.said == required,
+            "none_clean": required != "none" or not self.write_attempted,
+        }
+        return float(checks["state"] and checks["output"] and checks["none_clean"]), {"checks": checks, "said": self.said}
+
+    def transcript(self, pi_form=None):
+        return render(self.history, self.pi[pi_form] if pi_form else None, self.done)
+
+
+def make(name, level="L2"):
+    if name not in ENVS:
+        raise ValueError(f"unknown env {name!r}; valid: {', '.join(ENVS)}")
+    return ToyShop(level)

@@ -1,0 +1,156 @@
+"""Measure a model on toy_shop: held-out student success, and the premise statistics per PI form.
+
+    python eval.py --env=toy_shop                      # the cached base model (pretrained first if absent)
+    python eval.py --ckpt=out/run/ckpt.pt --pi=all     # + per PI form on training seeds: teacher success, Δ, KL
+    python eval.py --pi=all --json=1                   # last line: one JSON object with every number
+
+What it prints (PAPER.md §6-7):
+- the student view (no PI) on held-out seeds, greedy and sampled at the algorithms' temperature, with its protocol
+  error rate — every score this project reports is this one;
+- with --pi: on training seeds, the teacher view's success per PI form, the PI utility Δ = teacher − student, and the
+  initial divergence KL(π^T ‖ π^S) per episode (full-vocabulary, summed over the teacher's sampled agent tokens);
+- the scripted expert and a random agent on the same held-out seeds: ceiling and floor.
+"""
+
+import json
+import random
+import re
+import sys
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from config import parse_args
+from env import LEVELS, PI_FORMS, TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
+from model import CheckpointError, load_checkpoint, pick_device, vocab_logprobs
+from rollout import play, student_view
+
+
+@dataclass
+class EvalConfig:
+    env: str = "toy_shop"
+    level: str = "L2"
+    ckpt: str = ""  # a checkpoint; default: the env's base model
+    n: int = 500  # episodes per measurement
+    pi: str = ""  # "" | all | a comma-separated list of PI forms
+    temperature: float = 0.75  # the algorithms' sampling temperature
+    batch: int = 128  # episodes sampled in lockstep
+    seed: int = 0
+    device: str = "auto"
+    json: bool = False  # print the results as one JSON object on the last line
+
+
+@torch.no_grad()
+def evaluate(model, seeds, pi=None, level="L2", temperature=0.0, seed=0, batch=128, kl=False, progress=False):
+    """One episode per seed in one view: success rate, protocol-error rate (an unparsable turn, or cut off by the
+    context), mean tokens per episode, and with `kl` the mean KL_seq(π^T ‖ π^S) over the (teacher) episodes."""
+    wins, errors, tokens, kls = 0.0, 0, 0, []
+    chunks = range(0, len(seeds), batch)
+    for i in tqdm(chunks, desc=f"{pi or 'student'}", leave=False, disable=not progress):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        p = play(model, seeds[i : i + batch], 1, level=level, pi=pi, temperature=temperature, generator=g)
+        wins += p.rewards.sum().item()
+        errors += sum(not d or any(t == "error format" for _, t in e.history)
+                      for e, d in zip(p.envs, p.episodes.done.tolist()))
+        tokens += p.episodes.lengths.sum().item()
+        if kl and pi:
+            kls += kl_teacher_student(model, p, pi).tolist()
+    n = len(seeds)
+    out = {"success": wins / n, "protocol_errors": errors / n, "mean_len": tokens / n}
+    if kls:
+        out["kl"] = sum(kls) / len(kls)
+    return out
+
+
+@torch.no_grad()
+def kl_teacher_student(model, played, pi):
+    """KL_seq(π^T ‖ π^S) per episode: Σ over agent tokens of Σ_v p_T(v) (log p_T(v) − log p_S(v)), exact over the
+    vocabulary, scored on the teacher's own samples (the quantity in π-Distill's reward, Eq. 2)."""
+    ep = played.episodes
+    s_ids, s_mask = student_view(played, pi)
+    lp_t = vocab_logprobs(model(ep.ids)[0], ep.mask)  # (N, V), agent tokens in row-major order
+    lp_s = vocab_logprobs(model(s_ids)[0], s_mask)  # (N, V), the same tokens in the same order
+    per_token = (lp_t.exp() * (lp_t - lp_s)).sum(-1)  # (N,)
+    rows = torch.arange(ep.ids.size(0)).repeat_interleave(ep.mask.sum(1))
+    return torch.zeros(ep.ids.size(0)).index_add_(0, rows, per_token)
+
+
+def scripted_success(seeds, level, agent):
+    """Success of a scripted agent: 'expert' (ENV.md §6) or 'random' (the canonical tools, random arguments)."""
+    env, rng, wins = make("toy_shop", level), random.Random(0), 0.0
+    for seed in seeds:
+        env.reset(seed)
+        reward, done = 0.0, False
+        while not done:
+            text = render(env.history)
+            action = expert_act(text) if agent == "expert" else random_act(text, rng)
+            _, reward, done, _ = env.step(action)
+        wins += reward
+    return wins / len(seeds)
+
+
+def random_act(transcript, rng):
+    """The expert's tool sequence with every decisive argument drawn at random from what the transcript shows."""
+    agent = re.findall(r"<\|agent\|> (\w+)", transcript)
+    if agent and agent[-1] in ("buy", "return", "cancel", "exchange"):  # after the write: repeat its reply
+        last = re.findall(r"<\|tool\|> ([^\n]*)", transcript)[-1].split()
+        return "say " + (" ".join(last[1:3]) if last[0] == "ok" else "none")
+    action = expert_act(transcript).split()
+    ids = re.findall(r"\b([bdfghjkmnpqz][1-9])\b", transcript.split("<|user|>")[1])
+    if action[0] == "buy":
+        action[1], action[3] = rng.choice(ids), rng.choice(["gift", "card"])
+    elif action[0] in ("return", "cancel"):
+        action = rng.choice([["cancel", action[1]], ["return", action[1], rng.choice(ids)]])
+    elif action[0] == "exchange":
+        action[3], action[4] = rng.choice(ids), rng.choice(["gift", "card"])
+    return " ".join(action)
+
+
+def main(argv=None):
+    cfg = parse_args(EvalConfig(), argv)
+    if cfg.level not in LEVELS:
+        sys.exit(f"error: unknown level {cfg.level!r}; valid: {', '.join(LEVELS)}")
+    forms = PI_FORMS if cfg.pi == "all" else [f for f in cfg.pi.split(",") if f]
+    bad = [f for f in forms if f not in PI_FORMS]
+    if bad:
+        sys.exit(f"error: unknown PI form {bad[0]!r}; valid: all, {', '.join(PI_FORMS)}")
+    try:
+        make(cfg.env)
+        if not cfg.ckpt:
+            from pretrain import ensure_base  # pretrain.py imports this file; import it only when needed
+
+            cfg.ckpt = ensure_base(cfg.env)
+        model, _ = load_checkpoint(cfg.ckpt, pick_device(cfg.device))
+    except (ValueError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
+    model.eval()
+    test, train = list(TEST_SEEDS[: cfg.n]), list(TRAIN_SEEDS[: cfg.n])
+    run = dict(level=cfg.level, seed=cfg.seed, batch=cfg.batch, progress=True)
+    res = {"ckpt": cfg.ckpt, "n": cfg.n, "temperature": cfg.temperature}
+    print(f"{cfg.ckpt}: {cfg.env} {cfg.level}, {cfg.n} episodes per number")
+    for name, temp in (("greedy", 0.0), ("sampled", cfg.temperature)):
+        r = evaluate(model, test, temperature=temp, **run)
+        res[f"student_{name}"], res[f"protocol_errors_{name}"] = r["success"], r["protocol_errors"]
+        res[f"mean_len_{name}"] = r["mean_len"]
+        print(f"student (held-out, {name:7s}) success {r['success']:.3f} | protocol errors {r['protocol_errors']:.3f}"
+              f" | {r['mean_len']:.0f} tokens/episode")
+    if forms:
+        base = evaluate(model, train, temperature=cfg.temperature, **run)["success"]
+        res["student_train"] = base
+        print(f"on training seeds, T={cfg.temperature}: student {base:.3f}")
+        for form in forms:
+            r = evaluate(model, train, pi=form, temperature=cfg.temperature, kl=True, **run)
+            res[f"teacher_{form}"], res[f"delta_{form}"], res[f"kl_{form}"] = r["success"], r["success"] - base, r["kl"]
+            print(f"teacher {form:6s} success {r['success']:.3f} | Δ {r['success'] - base:+.3f} | "
+                  f"KL(T‖S) {r['kl']:.2f} nats/episode | protocol errors {r['protocol_errors']:.3f}")
+    res["expert"] = scripted_success(test, cfg.level, "expert")
+    res["random"] = scripted_success(test, cfg.level, "random")
+    print(f"expert {res['expert']:.3f} | random agent {res['random']:.3f}")
+    if cfg.json:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The GRPO pieces every RL script shares (sft_rl_baseline.py, pi_distill.py, opsd.py): small pure tensor functions.
+
+PAPER.md §4: group-centred advantages **without** the division by the std, groups whose advantages are all zero
+dropped, a token-level clipped ratio in [0.8, 1.2], the loss normalised by the batch's agent-token count, several
+gradient steps per sampling round, and no KL to the base model.
+
+A GRPO loss near 0 is normal: advantages are centred per group, so the surrogate starts at ~0 every round. Watch
+success, reward and the zero-advantage fraction instead.
+"""
+
+import torch
+
+from model import token_logprobs
+
+
+def group_advantages(rewards):
+    """A_k = R_k − mean_group(R) for rewards (G, K): -> (G, K). No std normalisation (Dr. GRPO; PAPER.md §2 step 3)."""
+    return rewards - rewards.mean(dim=1, keepdim=True)
+
+
+def informative_groups(advantages, eps=1e-8):
+    """(G,) True for groups with at least one nonzero advantage; all-equal groups carry no gradient and are dropped."""
+    return (advantages.abs() > eps).any(dim=1)
+
+
+def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2):
+    """The PPO clipped objective per token, as a loss to minimise, normalised by the number of agent tokens.
+
+        L = −Σ_t mask_t · min(ρ_t A, clip(ρ_t, 1 − clip, 1 + clip) A) / Σ_t mask_t,   ρ_t = exp(logp_new − logp_old)
+
+    logp_new, logp_old, mask: (B, T); advantages: (B,) one per episode, broadcast over its tokens. `logp_old` must
+    carry no gradient: it is π_old in GRPO, π^T_old in π-Distill's student term (the ratio π^S_θ / sg π^T_old).
+    Where the ratio leaves the clip range on the side that would increase the objective, the min picks the
+    clipped, constant term and that token sends no gradient.
+    """
+    ratio = torch.exp(logp_new - logp_old)  # (B, T)
+    adv = advantages[:, None]  # (B, 1)
+    objective = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)  # (B, T)
+    return -(objective * mask).sum() / mask.sum().clamp_min(1)
+
+
+def policy_logprobs(model, ids, temperature):
+    """log π_θ(token | prefix) for every token of ids (B, T), at the sampling temperature, with gradient.
+
+    Simplification: ratios are taken at the temperature the episodes were sampled with, so π_old is exactly the
+    distribution the sampler drew from (rollout.generate's logp) and no extra no-grad forward is needed."""
+    logits, _ = model(ids)
+    return token_logprobs(logits / temperature, ids)
+
+
+def entropy(logits, mask):
+    """Mean entropy (nats) of the predictive distributions at the agent tokens: logits (B, T, V), mask (B, T)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    ent = -(logp.exp() * logp).sum(-1)  # (B, T-1): position t-1 predicts token t
+    m = mask[:, 1:].float()
+    return ((ent * m).sum() / m.sum().clamp_min(1)).item()

@@ -1,0 +1,285 @@
+"""The base model: a from-scratch GPT pretrained like an LLM, by next-token prediction (ENV.md §7).
+
+    python pretrain.py                     # ~60 min on a 2-core CPU; writes base/toy_shop.pt (shipped in the repo)
+    python pretrain.py --minutes=5         # a shorter run, e.g. to try a corpus knob
+
+It stands in for the pretrained LLM the paper starts from: it knows the protocol, can read a tool reply, and has
+learned that a PI line predicts the actions that follow — but nothing about which answer is right. The corpus:
+
+- weak-agent episodes: the canonical tool plan with plausible-but-wrong decisive arguments (a random row, the
+  cheapest of the colour ignoring stock, the cheapest overall, a random row of the colour; card 60% of the time;
+  return/cancel blind to the order's status). Together they succeed ~10% of the time: the student's level;
+- on `pi_frac` of them, a hindsight PI line built from the episode's *own* actions, which therefore matches what
+  follows with probability `rho`; otherwise it is taken from another weak rollout of the same task. The model learns
+  "the PI line predicts my next actions", never what is right. Forms full/key/tools/answer; `hint` never appears;
+- `skill_frac` skill documents over rendered rows: look up a price or a stock, list the ids of a colour, min/max,
+  sums and differences — an LLM's general reading and arithmetic.
+
+The loss is on agent tokens (and on skill answers, and on the amounts in a write's `ok …` reply, which are
+predictable from the rows): the random parts of tool replies (fresh ids, prices) would only add noise (ENV.md §11).
+Knobs (the defaults were set by measuring the calibration table in the README): rho and pi_frac set how strongly the
+teacher follows its PI; skill_frac how well the base reads; the weak-agent mix sets the student's own success.
+"""
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+import tokenizer as tk
+from config import parse_args
+from eval import evaluate
+from env import COLORS, PRETRAIN_SEED0, SYS_LINE, TRAIN_SEEDS, build_world, make, pi_line, pi_text
+from model import GPT, IGNORE_INDEX, GPTConfig, pick_device, save_checkpoint
+
+BASE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "base", "{env}.pt")
+
+
+@dataclass
+class PretrainConfig:
+    env: str = "toy_shop"
+    level: str = "L2"
+    model: str = "tiny"  # tiny | small
+    minutes: float = 60.0  # wall-clock budget; the cosine schedule is laid over the steps this allows
+    steps: int = 0  # if > 0, a fixed number of steps instead of the time budget
+    batch_size: int = 64  # sequences per step (episodes or skill documents)
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup: int = 200
+    rho: float = 0.8  # P(the hindsight PI line comes from the episode's own actions)
+    pi_frac: float = 0.5  # share of episodes with a PI line
+    skill_frac: float = 0.15  # share of skill documents in the corpus
+    eval_every: int = 500  # steps between calibration checks (student / teacher success on training seeds)
+    eval_episodes: int = 128
+    temperature: float = 0.75  # the algorithms' sampling temperature
+    out: str = ""  # checkpoint path; default base/<env>.pt
+    device: str = "auto"
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the corpus
+
+
+def weak_plan(world, rng):
+    """A weak agent's actions (without the final `say`): the canonical tools, plausible-but-wrong arguments."""
+    w = world
+    if w.family == "BUY":
+        colour = [r for r in w.rows if r.color == w.color] or w.rows
+        u = rng.random()
+        row = (rng.choice(w.rows) if u < 0.25 else min(colour, key=lambda r: r.price) if u < 0.5 else
+               min(w.rows, key=lambda r: r.price) if u < 0.65 else rng.choice(colour))
+        pay = "card" if rng.random() < 0.6 else "gift"
+        return [f"profile {w.user}", f"search {w.category}", f"buy {row.id} {w.qty} {pay}"]
+    order = w.orders[w.order_id]
+    if w.family == "RETURN":
+        if rng.random() < 0.15:  # blind to the status
+            return [f"profile {w.user}", f"order {order.id}", f"cancel {order.id}"]
+        by_price = sorted(order.items, key=lambda r: r.price, reverse=w.mode == "cheapest")  # the wanted one last
+        u = rng.random()
+        item = rng.choice(order.items) if u < 0.4 else by_price[0] if u < 0.8 else by_price[1]
+        return [f"profile {w.user}", f"order {order.id}", f"return {order.id} {item.id}"]
+    colour = [r for r in w.rows if r.color == w.color] or w.rows
+    u = rng.random()
+    row = (rng.choice(colour) if u < 0.3 else min(colour, key=lambda r: r.price) if u < 0.6 else
+           min(w.rows, key=lambda r: r.price) if u < 0.8 else rng.choice(w.rows))
+    pay = "card" if rng.random() < 0.6 else "gift"
+    return [f"profile {w.user}", f"order {order.id}", f"search {w.category}",
+            f"exchange {order.id} {order.items[0].id} {row.id} {pay}"]
+
+
+def weak_episode(env, seed, rng):
+    """Play a weak plan; the final `say` repeats the write's reply (`ok total 62` -> `say total 62`) or says none."""
+    env.reset(seed)
+    plan = weak_plan(env.world, rng)
+    obs = ""
+    for action in plan:
+        obs, _, _, _ = env.step(action)
+    say = "say " + " ".join(obs.split()[1:3]) if obs.startswith("ok") else "say none"
+    env.step(say)
+    return plan + [say]
+
+
+def episode_pieces(env, seed, cfg, rng):
+    """One weak episode as [(text, has_loss)], maybe with a hindsight PI line."""
+    actions = weak_episode(env, seed, rng)
+    pi = None
+    if rng.random() < cfg.pi_frac:
+        form = rng.choices(["full", "key", "tools", "answer"], weights=[4, 3, 1.5, 1.5])[0]
+        source = actions
+        if rng.random() >= cfg.rho:  # the line comes from another weak rollout of the same task
+            source = weak_episode(make(cfg.env, cfg.level), seed, rng)
+        pi = pi_text(env.world, form, source)
+    return transcript_pieces(env.history, pi, reply_loss=True)
+
+
+def transcript_pieces(history, pi=None, reply_loss=False):
+    """A finished episode as [(text, has_loss)]: the loss is on the agent's turns (chain of thought included) and,
+    with `reply_loss`, on the amounts of a write's `ok …` reply. sft_rl_baseline.py uses it for expert episodes."""
+    pieces = [(SYS_LINE, False)] + ([(pi_line(pi), False)] if pi else [])
+    for i, (role, text) in enumerate(history):
+        end = "<|eos|>" if i == len(history) - 1 else "\n"
+        if role == "agent":
+            pieces += [("<|agent|>", False), (f" {text}{end}", True)]
+        elif role == "tool" and reply_loss and text.startswith("ok "):  # the amounts follow from the rows
+            pieces += [("<|tool|> ok", False), (f" {text[3:]}{end}", True)]
+        else:
+            pieces.append((f"<|{role}|> {text}{end}", False))
+    return pieces
+
+
+def skill_pieces(rng):
+    """A skill document: a rendered search reply, then questions whose answers carry the loss."""
+    w = build_world(rng.randrange(PRETRAIN_SEED0, 2 * PRETRAIN_SEED0), "L2")
+    rows = w.rows or w.orders[w.order_id].items
+    pieces = [("<|sys|> skill\n", False), ("<|tool|> " + (" | ".join(r.render() for r in rows) if w.rows else
+                                                        w.orders[w.order_id].render()) + "\n", False)]
+    for _ in range(4):
+        r = rng.choice(rows)
+        prices = [x.price for x in rng.sample(rows, min(len(rows), rng.randint(2, 4)))]
+        u = rng.random()
+        if u < 0.3:
+            q, a = f"price {r.id}", str(r.price)
+        elif u < 0.45 and w.rows:
+            q, a = f"stock {r.id}", str(r.stock)
+        elif u < 0.6 and w.rows:
+            c = rng.choice(COLORS)
+            q, a = c, " ".join(x.id for x in rows if x.color == c) or "none"
+        elif u < 0.8:
+            f = rng.choice(["min", "max"])
+            q, a = f"{f} " + " ".join(map(str, prices)), str(min(prices) if f == "min" else max(prices))
+        else:
+            n = rng.randint(2, 3) if rng.random() < 0.5 else 1
+            q, a = (f"calc {' + '.join([str(r.price)] * n)}", str(r.price * n)) if n > 1 else (
+                f"calc {prices[0]} - {prices[1]}", str(prices[0] - prices[1]))
+        pieces += [(f"<|user|> {q}\n<|agent|>", False), (f" {a}\n", True)]
+    return pieces
+
+
+def encode_pieces(pieces):
+    """-> (ids, loss flags): each piece encodes on its own, which equals encoding the whole text (pieces end at a
+    newline or a special token, where the tokenizer's split pattern cuts anyway)."""
+    ids, flags = [], []
+    for text, has_loss in pieces:
+        t = tk.encode(text)
+        ids += t
+        flags += [has_loss] * len(t)
+    return ids, flags
+
+
+def get_batch(cfg, rng, env, device):
+    """x, y (B, T) for next-token prediction; y = -1 where a token carries no loss, and on padding."""
+    seqs = []
+    for _ in range(cfg.batch_size):
+        if rng.random() < cfg.skill_frac:
+            pieces = skill_pieces(rng)
+        else:
+            pieces = episode_pieces(env, rng.randrange(PRETRAIN_SEED0, 2 * PRETRAIN_SEED0), cfg, rng)
+        seqs.append(encode_pieces(pieces))
+    return collate(seqs, device)
+
+
+def collate(seqs, device):
+    """[(ids, loss flags)] -> x, y (B, T): y[t] = ids[t+1] where that token has loss, else -1; padded."""
+    T = max(len(ids) for ids, _ in seqs) - 1
+    x = torch.full((len(seqs), T), tk.special("<|pad|>"), dtype=torch.long)
+    y = torch.full((len(seqs), T), IGNORE_INDEX, dtype=torch.long)
+    for b, (ids, flags) in enumerate(seqs):
+        n = len(ids) - 1
+        x[b, :n] = torch.tensor(ids[:-1])
+        y[b, :n] = torch.tensor([t if f else IGNORE_INDEX for t, f in zip(ids[1:], flags[1:])])
+    return x.to(device), y.to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training
+
+
+def lr_at(step, total, cfg):
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def calibration(model, cfg, n=None, seed=0):
+    """Success of the student view and of the teacher with `full` / `key` PI on training seeds (ENV.md §7)."""
+    seeds = list(TRAIN_SEEDS[: n or cfg.eval_episodes])
+    return {view or "student": evaluate(model, seeds, pi=view, level=cfg.level, temperature=cfg.temperature,
+                                        seed=seed)["success"] for view in (None, "full", "key")}
+
+
+def main(argv=None):
+    cfg = parse_args(PretrainConfig(), argv)
+    out = cfg.out or BASE_PATH.format(env=cfg.env)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    env = make(cfg.env, cfg.level)
+    model = GPT(GPTConfig.preset(cfg.model, vocab_size=tk.get_tokenizer().n_vocab, block_size=512)).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
+                            lr=cfg.lr, betas=(0.9, 0.95))
+    print(f"pretraining the {cfg.env} base model ({model.num_params() / 1e6:.2f}M params) on {device} -> {out}")
+    print(json.dumps(asdict(cfg)))
+    log_path = os.path.join(os.path.dirname(out), f"{cfg.env}.log.jsonl")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    log = open(log_path, "w")
+
+    # Time-budgeted runs estimate the step count from the first steps, so the cosine schedule ends on time.
+    total = cfg.steps or 10**9
+    t_start, tokens, step = time.time(), 0, 0
+    bar = tqdm(total=cfg.steps or None, desc="pretrain", unit="step", mininterval=5)
+    while step < total:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, cfg)
+        x, y = get_batch(cfg, rng, env, device)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        tokens += x.numel()
+        elapsed = time.time() - t_start
+        if not cfg.steps and step == 50:
+            total = max(100, int(cfg.minutes * 60 / (elapsed / step)))
+            bar.total = total
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens / elapsed:.0f}", refresh=False)
+        if step % cfg.eval_every == 0 or step == total:
+            model.eval()
+            calib = calibration(model, cfg)
+            model.train()
+            row = {"step": step, "loss": round(loss.item(), 4), "minutes": round(elapsed / 60, 1),
+                   "tok_s": round(tokens / elapsed), **{k: round(v, 3) for k, v in calib.items()}}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            tqdm.write(" | ".join(f"{k} {v}" for k, v in row.items()))
+            save_checkpoint(out, model, pretrain_config=asdict(cfg), step=step)
+    bar.close()
+    save_checkpoint(out, model, pretrain_config=asdict(cfg), step=step)
+    summary = {"checkpoint": out, "steps": step, "minutes": round((time.time() - t_start) / 60, 1),
+               "tokens": tokens}
+    print(json.dumps(summary))
+    return summary
+
+
+def ensure_base(env="toy_shop"):
+    """The path of the env's base model, pretraining it first (with a message) when it does not exist yet."""
+    path = BASE_PATH.format(env=env)
+    if not os.path.isfile(path):
+        print(f"no base model at {path}: pretraining it now (python pretrain.py --env={env}; ~60 min on 2 cores)")
+        main([f"--env={env}"])
+    return path
+
+
+if __name__ == "__main__":
+    main()

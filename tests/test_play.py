@@ -1,0 +1,98 @@
+"""Episodes of the env through the sampler: env replies as forced tokens, masks on agent tokens only, the two views,
+malformed model output as an `error format` observation."""
+
+import torch
+
+import tokenizer as tk
+from env import PI_FORMS, TRAIN_SEEDS
+from eval import kl_teacher_student
+from model import GPT, GPTConfig
+from rollout import play, student_view
+
+
+def random_model(seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16)).eval()
+
+
+SEEDS = list(TRAIN_SEEDS[:6])
+
+
+def test_random_model_plays_without_crashing():
+    """An untrained model writes garbage: every episode ends in error observations and reward 0, never a crash."""
+    p = play(random_model(), SEEDS, 2, temperature=1.0, generator=torch.Generator().manual_seed(0), max_len=256)
+    assert p.rewards.shape == (12,) and (p.rewards == 0).all()
+    assert any(text.startswith("error") for env in p.envs for role, text in env.history if role == "tool")
+
+
+def runs(ids, mask, value):
+    """Maximal runs of consecutive tokens whose mask equals `value`, as lists of ids."""
+    out, cur = [], []
+    for t, m in zip(ids, mask):
+        if m == value:
+            cur.append(t)
+        elif cur:
+            out, cur = out + [cur], []
+    return out + ([cur] if cur else [])
+
+
+def test_forced_tokens_are_the_env_text_and_masks_cover_agent_tokens_only():
+    p = play(random_model(1), SEEDS, 1, pi="full", temperature=1.0, generator=torch.Generator().manual_seed(1),
+             max_len=256, max_turn_tokens=6)
+    ep = p.episodes
+    for row, env in enumerate(p.envs):
+        n = ep.lengths[row].item()
+        ids, mask = ep.ids[row, :n].tolist(), ep.mask[row, :n].tolist()
+        forced = [tk.decode(r) for r in runs(ids, mask, 0)]
+        sampled = [tk.decode(r) for r in runs(ids, mask, 1)]
+        # the first forced run is the teacher's prompt; each later one is the env's reply to one agent turn
+        assert forced[0] == f"<|sys|> shop\n<|pi|> {env.pi['full']} <|/pi|>\n<|user|> {env.history[0][1]}\n<|agent|>"
+        replies = [(role, text) for role, text in env.history[1:] if role != "agent"]
+        for run, (role, text) in zip(forced[1:], replies):
+            assert run.startswith(f"<|{role}|> {text}")
+        # each sampled run is one agent turn, exactly as the env received it
+        agent = [text for role, text in env.history if role == "agent"]
+        assert [s.strip() for s in sampled] == agent
+        assert ep.done[row] == env.done
+
+
+def test_student_view_is_the_teacher_episode_without_the_pi_line():
+    m = random_model(2)
+    for form in PI_FORMS:
+        p = play(m, SEEDS, 1, pi=form, temperature=1.0, generator=torch.Generator().manual_seed(2), max_len=200)
+        s_ids, s_mask = student_view(p, form)
+        for row, env in enumerate(p.envs):
+            student_prompt = tk.encode(f"<|sys|> shop\n<|user|> {env.history[0][1]}\n<|agent|>")
+            assert s_ids[row, : len(student_prompt)].tolist() == student_prompt
+            forced = s_ids[row][~s_mask[row].bool()].tolist()  # (the model itself may sample anything)
+            assert tk.special("<|pi|>") not in forced and tk.special("<|/pi|>") not in forced
+            t_agent = p.episodes.ids[row][p.episodes.mask[row].bool()]
+            assert torch.equal(s_ids[row][s_mask[row].bool()], t_agent)  # the same outputs, in the same order
+
+
+def test_student_prompt_never_holds_pi():
+    p = play(random_model(4), SEEDS, 2, pi=None, temperature=1.0, generator=torch.Generator().manual_seed(4), max_len=120)
+    pi_ids = {tk.special("<|pi|>"), tk.special("<|/pi|>")}
+    for row, env in enumerate(p.envs):
+        forced = [t for t, m in zip(p.episodes.ids[row].tolist(), p.episodes.mask[row].tolist()) if not m]
+        assert not pi_ids & set(forced)
+        assert env.pi["full"] not in tk.decode(forced)
+
+
+def test_kl_teacher_student_against_a_direct_computation():
+    """The per-episode KL equals a token-by-token sum over separately built teacher and student contexts."""
+    m = random_model(3)
+    p = play(m, SEEDS[:3], 1, pi="key", temperature=1.0, generator=torch.Generator().manual_seed(3), max_len=120)
+    kl = kl_teacher_student(m, p, "key")
+    s_ids, s_mask = student_view(p, "key")
+    for row in range(3):
+        t_ids, t_mask = p.episodes.ids[row], p.episodes.mask[row]
+        t_pos = [t for t in range(len(t_ids)) if t_mask[t]]
+        s_pos = [t for t in range(len(s_ids[row])) if s_mask[row, t]]
+        ref = 0.0
+        for a, b in zip(t_pos, s_pos):
+            pt = torch.log_softmax(m(t_ids[None, :a])[0][0, -1].double(), -1)
+            ps = torch.log_softmax(m(s_ids[row][None, :b])[0][0, -1].double(), -1)
+            ref += (pt.exp() * (pt - ps)).sum().item()
+        assert abs(kl[row].item() - ref) < 1e-3 * max(1.0, abs(ref))
+    assert (kl > 0).all()
