@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from config import parse_args
 from env import LEVELS, PI_FORMS, TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
-from model import CheckpointError, load_checkpoint, pick_device, vocab_logprobs
+from model import CheckpointError, kl_div, load_checkpoint, pick_device, vocab_logprobs
 from rollout import play, student_view
 
 
@@ -68,10 +68,10 @@ def kl_teacher_student(model, played, pi):
     """KL_seq(π^T ‖ π^S) per episode: Σ over agent tokens of Σ_v p_T(v) (log p_T(v) − log p_S(v)), exact over the
     vocabulary, scored on the teacher's own samples (the quantity in π-Distill's reward, Eq. 2)."""
     ep = played.episodes
-    s_ids, s_mask = student_view(played, pi)
+    st = student_view(played, pi)
     lp_t = vocab_logprobs(model(ep.ids)[0], ep.mask)  # (N, V), agent tokens in row-major order
-    lp_s = vocab_logprobs(model(s_ids)[0], s_mask)  # (N, V), the same tokens in the same order
-    per_token = (lp_t.exp() * (lp_t - lp_s)).sum(-1)  # (N,)
+    lp_s = vocab_logprobs(model(st.ids)[0], st.mask)  # (N, V), the same tokens in the same order
+    per_token = kl_div(lp_t, lp_s)  # (N,) KL(π^T ‖ π^S) at each agent token
     rows = torch.arange(ep.ids.size(0)).repeat_interleave(ep.mask.sum(1))
     return torch.zeros(ep.ids.size(0)).index_add_(0, rows, per_token)
 

@@ -28,12 +28,12 @@ def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2):
 
         L = −Σ_t mask_t · min(ρ_t A, clip(ρ_t, 1 − clip, 1 + clip) A) / Σ_t mask_t,   ρ_t = exp(logp_new − logp_old)
 
-    logp_new, logp_old, mask: (B, T); advantages: (B,) one per episode, broadcast over its tokens. `logp_old` must
-    carry no gradient: it is π_old in GRPO, π^T_old in π-Distill's student term (the ratio π^S_θ / sg π^T_old).
+    logp_new, logp_old, mask: (B, T); advantages: (B,) one per episode, broadcast over its tokens. `logp_old` is
+    detached here: it is π_old in GRPO, π^T_old in π-Distill's student term (the ratio π^S_θ / sg π^T_old).
     Where the ratio leaves the clip range on the side that would increase the objective, the min picks the
     clipped, constant term and that token sends no gradient.
     """
-    ratio = torch.exp(logp_new - logp_old)  # (B, T)
+    ratio = torch.exp(logp_new - logp_old.detach())  # (B, T); the old policy is a constant (stop-gradient)
     adv = advantages[:, None]  # (B, 1)
     objective = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)  # (B, T)
     return -(objective * mask).sum() / mask.sum().clamp_min(1)
@@ -54,3 +54,11 @@ def entropy(logits, mask):
     ent = -(logp.exp() * logp).sum(-1)  # (B, T-1): position t-1 predicts token t
     m = mask[:, 1:].float()
     return ((ent * m).sum() / m.sum().clamp_min(1)).item()
+
+
+def kept_rows(episodes, advantages, keep, device):
+    """The episodes whose group is informative, trimmed to the longest: ids, mask (float), logp_old (B', T'), and
+    their advantages (B',), on `device`. episodes: rollout.Episodes; advantages, keep: (B,)."""
+    T = int(episodes.lengths[keep].max())
+    return (episodes.ids[keep, :T].to(device), episodes.mask[keep, :T].float().to(device),
+            episodes.logp[keep, :T].to(device), advantages[keep].to(device))

@@ -235,6 +235,14 @@ def vocab_logprobs(logits, mask):
     return F.log_softmax(picked.float(), dim=-1)
 
 
+def kl_div(logp_p, logp_q):
+    """KL(p ‖ q) = Σ_v p(v) (log p(v) − log q(v)), exact over the vocabulary, one value per row: (N, V) x2 -> (N,).
+
+    The direction is the argument order. π-Distill's penalty is KL(π^T ‖ π^S) = kl_div(teacher, student) (Eq. 2, 3);
+    OPSD's is the reverse, KL(π^S ‖ π^T) = kl_div(student, teacher) (Eq. 5). Detach whichever side is `sg`."""
+    return (logp_p.exp() * (logp_p - logp_q)).sum(-1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -251,6 +259,8 @@ def save_checkpoint(path, model, **extra):
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
+    if {"config", "model"} & set(extra):
+        raise ValueError("'config' and 'model' are the checkpoint's own keys; name the extra state otherwise")
     torch.save({"config": asdict(model.config), "model": model.state_dict(), **extra}, tmp)
     os.replace(tmp, path)
 

@@ -206,17 +206,20 @@ def play(model, seeds, k=1, *, level="L2", pi=None, temperature=1.0, top_k=None,
 
 
 def student_view(played, pi):
-    """The teacher's episodes with the PI line cut out: (ids, mask), same width, padded at the end.
+    """The teacher's episodes with the PI line cut out: an Episodes of the same width, padded at the end.
 
     The PI line is a contiguous block right after the system line, so deleting it leaves exactly the student's
-    context followed by the same agent and env tokens: both views score the same outputs (PAPER.md §1)."""
+    context followed by the same agent and env tokens: both views score the same outputs (PAPER.md §1). The
+    log-probs move with their tokens, so logp still holds the teacher's sampling log-probs (π^T_old)."""
     ep, start = played.episodes, len(tk.encode(SYS_LINE))
-    ids, mask = torch.full_like(ep.ids, tk.special("<|pad|>")), torch.zeros_like(ep.mask)
+    ids, mask, logp = torch.full_like(ep.ids, tk.special("<|pad|>")), torch.zeros_like(ep.mask), torch.zeros_like(ep.logp)
+    lengths = ep.lengths.clone()
     for row, env in enumerate(played.envs):
         line = tk.encode(pi_line(env.pi[pi]))
         end = start + len(line)
         assert ep.ids[row, start:end].tolist() == line, "the teacher's prompt does not hold this PI line"
         n = ep.ids.size(1) - len(line)
-        ids[row, :n] = torch.cat([ep.ids[row, :start], ep.ids[row, end:]])
-        mask[row, :n] = torch.cat([ep.mask[row, :start], ep.mask[row, end:]])
-    return ids, mask
+        for out, src in ((ids, ep.ids), (mask, ep.mask), (logp, ep.logp)):
+            out[row, :n] = torch.cat([src[row, :start], src[row, end:]])
+        lengths[row] -= len(line)
+    return Episodes(ids, mask, logp, lengths, ep.done)

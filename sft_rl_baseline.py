@@ -14,12 +14,8 @@ Every evaluation is the student view on held-out seeds, greedy. Logs: one line p
 checkpoints at each evaluation (out/<run>/ckpt.pt, --resume continues). The last line is a JSON summary.
 """
 
-import json
-import os
-import random
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -27,10 +23,11 @@ import tokenizer as tk
 from config import parse_args
 from env import TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
 from eval import evaluate
-from grpo import clipped_surrogate, entropy, group_advantages, informative_groups
-from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint, token_logprobs
-from pretrain import collate, encode_pieces, ensure_base, transcript_pieces
+from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, kept_rows
+from model import token_logprobs
+from pretrain import collate, encode_pieces, transcript_pieces
 from rollout import play
+from run import Run
 
 
 @dataclass
@@ -78,20 +75,15 @@ def grpo_round(model, opt, cfg, seeds, generator):
     played = play(model, seeds, cfg.k, level=cfg.level, temperature=cfg.temperature, generator=generator)
     model.train()
     ep = played.episodes
-    adv = group_advantages(played.rewards.view(len(seeds), cfg.k))  # (G, K)
-    keep = informative_groups(adv).repeat_interleave(cfg.k)  # (B,)
-    stats = {"reward": played.rewards.mean().item(), "zero_adv": 1 - keep.float().mean().item(),
+    adv = group_advantages(played.rewards.view(len(seeds), cfg.k)).flatten()  # (B,)
+    keep = informative_groups(adv.view(len(seeds), cfg.k)).repeat_interleave(cfg.k)  # (B,)
+    stats = {"success": played.rewards.mean().item(), "zero_adv": 1 - keep.float().mean().item(),
              "len": ep.lengths.float().mean().item(), "tok_s": ep.mask.sum().item() / (time.time() - t0)}
     if keep.any():
-        T = ep.lengths[keep].max()
-        ids, mask, logp_old = ep.ids[keep, :T], ep.mask[keep, :T].float(), ep.logp[keep, :T]
-        a = adv.flatten()[keep]
-        device = next(model.parameters()).device
-        ids, mask, logp_old, a = ids.to(device), mask.to(device), logp_old.to(device), a.to(device)
+        ids, mask, logp_old, a = kept_rows(ep, adv, keep, next(model.parameters()).device)
         for _ in range(cfg.grad_steps):
             logits, _ = model(ids)
-            logp = token_logprobs(logits / cfg.temperature, ids)
-            loss = clipped_surrogate(logp, logp_old, a, mask, cfg.clip)
+            loss = clipped_surrogate(token_logprobs(logits / cfg.temperature, ids), logp_old, a, mask, cfg.clip)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,49 +103,19 @@ def show_episode(played, row=0):
 def main(argv=None):
     cfg = parse_args(Config(), argv)
     cfg.run = cfg.run or f"sft{'_cot' if cfg.cot else ''}_{cfg.sft_steps}_rl_{cfg.rl_steps}_n{cfg.n_expert}_s{cfg.seed}"
-    out_dir = os.path.join("out", cfg.run)
-    ckpt_path = os.path.join(out_dir, "ckpt.pt")
-    device = pick_device(cfg.device)
-    try:
-        make(cfg.env, cfg.level)
-        start = ckpt_path if cfg.resume else (cfg.init or ensure_base(cfg.env))
-        model, ckpt = load_checkpoint(start, device)
-    except (ValueError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
-    print(json.dumps(asdict(cfg)))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=1)
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    sft_opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
-    rl_opt = torch.optim.AdamW(model.parameters(), lr=cfg.rl_lr, weight_decay=0.0, betas=(0.9, 0.99))
-    phase, step = "sft", 0
-    if cfg.resume:
-        phase, step = ckpt["phase"], ckpt["step"]
-        sft_opt.load_state_dict(ckpt["sft_opt"])
-        rl_opt.load_state_dict(ckpt["rl_opt"])
-        rng.setstate(ckpt["rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        print(f"resumed {ckpt_path} at {phase} step {step}")
-    log = open(os.path.join(out_dir, "log.jsonl"), "a")
-    test = list(TEST_SEEDS)
-    t_start = time.time()
+    run = Run(cfg, cfg.run)
+    model, ckpt = run.load_model()
+    opts = {"sft_opt": torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0),
+            "rl_opt": torch.optim.AdamW(model.parameters(), lr=cfg.rl_lr, weight_decay=0.0, betas=(0.9, 0.99))}
+    phase, step = run.restore(ckpt, opts) if cfg.resume else ("sft", 0)
+    test, rng = list(TEST_SEEDS), run.rng
 
-    def checkpoint_and_eval(row):
+    def evaluate_and_save(row):
         model.eval()
-        row["heldout_success"] = evaluate(model, test[: cfg.eval_n], level=cfg.level, batch=128)["success"]
+        row["heldout_success"] = evaluate(model, test[: cfg.eval_n], level=cfg.level)["success"]
         model.train()
-        save_checkpoint(ckpt_path, model, phase=phase, step=step, config=asdict(cfg), sft_opt=sft_opt.state_dict(),
-                        rl_opt=rl_opt.state_dict(), rng=rng.getstate(), torch_rng=torch.get_rng_state())
-        return row
-
-    def emit(row):
-        row = {"phase": phase, "step": step, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-               "elapsed_s": round(time.time() - t_start, 1)}
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        print(" | ".join(f"{k} {v}" for k, v in row.items()))
+        run.save(model, opts, phase, step)
+        run.log(phase, step, row)
 
     model.train()
     if phase == "sft" and cfg.sft_steps > step:
@@ -162,38 +124,34 @@ def main(argv=None):
         print(f"SFT on {len(data)} expert episodes ({'with' if cfg.cot else 'without'} CoT), {n_tok:,} target tokens")
         while step < cfg.sft_steps:
             t0 = time.time()
-            x, y = collate(rng.choices(data, k=cfg.sft_batch), device)
+            x, y = collate(rng.choices(data, k=cfg.sft_batch), run.device)
             _, loss = model(x, y)
-            sft_opt.zero_grad(set_to_none=True)
+            opts["sft_opt"].zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            sft_opt.step()
+            opts["sft_opt"].step()
             step += 1
             row = {"loss": loss.item(), "tok_s": x.numel() / (time.time() - t0)}
             if step % cfg.eval_every == 0 or step == cfg.sft_steps:
-                emit(checkpoint_and_eval(row))
+                evaluate_and_save(row)
             elif step % 10 == 0:
-                emit(row)
+                run.log(phase, step, row)
     if phase == "sft":
         phase, step = "rl", 0
     pool = list(TRAIN_SEEDS[: cfg.n_expert])
-    while step < cfg.rl_steps:
+    while phase == "rl" and step < cfg.rl_steps:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        stats, played = grpo_round(model, rl_opt, cfg, rng.sample(pool, cfg.tasks), g)
+        stats, played = grpo_round(model, opts["rl_opt"], cfg, rng.sample(pool, cfg.tasks), g)
         step += 1
         if step % cfg.eval_every == 0 or step == cfg.rl_steps:
-            emit(checkpoint_and_eval(stats))
+            evaluate_and_save(stats)
             print(show_episode(played))
         else:
-            emit(stats)
+            run.log(phase, step, stats)
     model.eval()
-    final = evaluate(model, test[: cfg.final_n], level=cfg.level, batch=128)
-    save_checkpoint(ckpt_path, model, phase="done", step=step, config=asdict(cfg), sft_opt=sft_opt.state_dict(),
-                    rl_opt=rl_opt.state_dict(), rng=rng.getstate(), torch_rng=torch.get_rng_state())
-    summary = {"run": cfg.run, "heldout_success": final["success"], "protocol_errors": final["protocol_errors"],
-               "n": cfg.final_n, "wall_clock_s": round(time.time() - t_start, 1), "checkpoint": ckpt_path}
-    print(json.dumps(summary))
-    return summary
+    final = evaluate(model, test[: cfg.final_n], level=cfg.level)
+    run.save(model, opts, "done", step)
+    return run.finish(heldout_success=final["success"], protocol_errors=final["protocol_errors"], n=cfg.final_n)
 
 
 if __name__ == "__main__":

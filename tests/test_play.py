@@ -60,9 +60,14 @@ def test_student_view_is_the_teacher_episode_without_the_pi_line():
     m = random_model(2)
     for form in PI_FORMS:
         p = play(m, SEEDS, 1, pi=form, temperature=1.0, generator=torch.Generator().manual_seed(2), max_len=200)
-        s_ids, s_mask = student_view(p, form)
+        st = student_view(p, form)
+        s_ids, s_mask = st.ids, st.mask
+        assert torch.equal(st.logp[s_mask.bool()], p.episodes.logp[p.episodes.mask.bool()])
         for row, env in enumerate(p.envs):
             student_prompt = tk.encode(f"<|sys|> shop\n<|user|> {env.history[0][1]}\n<|agent|>")
+            n = st.lengths[row].item()
+            assert n == p.episodes.lengths[row].item() - len(tk.encode(f"<|pi|> {env.pi[form]} <|/pi|>\n"))
+            assert (s_ids[row, n:] == tk.special("<|pad|>")).all() and s_ids[row, n - 1] != tk.special("<|pad|>")
             assert s_ids[row, : len(student_prompt)].tolist() == student_prompt
             forced = s_ids[row][~s_mask[row].bool()].tolist()  # (the model itself may sample anything)
             assert tk.special("<|pi|>") not in forced and tk.special("<|/pi|>") not in forced
@@ -84,7 +89,8 @@ def test_kl_teacher_student_against_a_direct_computation():
     m = random_model(3)
     p = play(m, SEEDS[:3], 1, pi="key", temperature=1.0, generator=torch.Generator().manual_seed(3), max_len=120)
     kl = kl_teacher_student(m, p, "key")
-    s_ids, s_mask = student_view(p, "key")
+    st = student_view(p, "key")
+    s_ids, s_mask = st.ids, st.mask
     for row in range(3):
         t_ids, t_mask = p.episodes.ids[row], p.episodes.mask[row]
         t_pos = [t for t in range(len(t_ids)) if t_mask[t]]

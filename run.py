@@ -1,0 +1,77 @@
+"""The bookkeeping of one training run, shared by sft_rl_baseline.py, pi_distill.py and opsd.py.
+
+A run lives in out/<run>/: config.json (the resolved options), log.jsonl (one JSON object per logged step, the same
+keys as the printed line), ckpt.pt (model, optimizer, phase, step and RNG states, written atomically). --resume
+continues from ckpt.pt; a finished run resumed only reports again. Nothing here is algorithm-specific.
+"""
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+
+from env import make
+from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint
+
+
+class Run:
+    """Folder, log and checkpoints of a run (a plain holder of file handles and paths, no training logic)."""
+
+    def __init__(self, cfg, name):
+        self.cfg, self.dir = cfg, os.path.join("out", name)
+        self.ckpt_path = os.path.join(self.dir, "ckpt.pt")
+        self.t_start = time.time()
+        self.rng = random.Random(cfg.seed)
+        torch.manual_seed(cfg.seed)
+
+    def load_model(self):
+        """-> (model, checkpoint dict). The start is --resume's ckpt.pt, else --init, else the env's base model
+        (pretrained first if absent). Any bad input ends the script with one line naming it."""
+        from pretrain import ensure_base  # pretrain.py is heavy and imports eval.py; only needed here
+
+        try:
+            make(self.cfg.env, self.cfg.level)
+            start = self.ckpt_path if self.cfg.resume else (self.cfg.init or ensure_base(self.cfg.env))
+            self.device = pick_device(self.cfg.device)
+            model, ckpt = load_checkpoint(start, self.device)
+        except (ValueError, CheckpointError) as e:
+            sys.exit(f"error: {e}")
+        print(json.dumps(asdict(self.cfg)))
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "config.json"), "w") as f:
+            json.dump(asdict(self.cfg), f, indent=1)
+        self.log_file = open(os.path.join(self.dir, "log.jsonl"), "a")
+        return model, ckpt
+
+    def restore(self, ckpt, optimizers):
+        """Optimizer and RNG states from a --resume checkpoint: -> (phase, step)."""
+        for name, opt in optimizers.items():
+            opt.load_state_dict(ckpt[name])
+        self.rng.setstate(ckpt["rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        print(f"resumed {self.ckpt_path} at {ckpt['phase']} step {ckpt['step']}")
+        return ckpt["phase"], ckpt["step"]
+
+    def save(self, model, optimizers, phase, step):
+        save_checkpoint(self.ckpt_path, model, phase=phase, step=step, run_config=asdict(self.cfg),
+                        rng=self.rng.getstate(), torch_rng=torch.get_rng_state(),
+                        **{name: opt.state_dict() for name, opt in optimizers.items()})
+
+    def log(self, phase, step, row):
+        """Print one line `phase rl | step 12 | success 0.31 | …` and append the same keys to log.jsonl."""
+        row = {"phase": phase, "step": step, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+               "elapsed_s": round(time.time() - self.t_start, 1)}
+        self.log_file.write(json.dumps(row) + "\n")
+        self.log_file.flush()
+        print(" | ".join(f"{k} {v}" for k, v in row.items()))
+
+    def finish(self, **numbers):
+        """The last printed line: one JSON object with the run's result, wall-clock and checkpoint path."""
+        summary = {"run": os.path.basename(self.dir), **numbers,
+                   "wall_clock_s": round(time.time() - self.t_start, 1), "checkpoint": self.ckpt_path}
+        print(json.dumps(summary))
+        return summary

@@ -1,0 +1,95 @@
+"""π-Distill: the KL in both directions against brute force, what is detached, α = 0 / 1 as the single terms, and a
+3-step smoke run."""
+
+import json
+import math
+
+import torch
+
+import pi_distill as D
+import tokenizer as tk
+from grpo import clipped_surrogate
+from model import GPT, GPTConfig, kl_div, load_checkpoint, save_checkpoint, token_logprobs
+
+
+def test_kl_both_directions_against_brute_force():
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.log_softmax(torch.randn(4, 5, generator=g), -1), torch.log_softmax(torch.randn(4, 5, generator=g), -1)
+    for row in range(4):
+        pt, qt = p[row].exp().tolist(), q[row].exp().tolist()
+        forward = sum(a * math.log(a / b) for a, b in zip(pt, qt))  # KL(p ‖ q)
+        reverse = sum(b * math.log(b / a) for a, b in zip(pt, qt))  # KL(q ‖ p)
+        assert abs(kl_div(p, q)[row].item() - forward) < 1e-5
+        assert abs(kl_div(q, p)[row].item() - reverse) < 1e-5
+        assert abs(forward - reverse) > 1e-3  # the two directions really differ here
+    assert torch.allclose(kl_div(p, p), torch.zeros(4), atol=1e-6)
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=20, block_size=32, n_layer=1, n_head=2, n_embd=16))
+
+
+def views():
+    """A teacher episode (with a 2-token 'PI line') and the same episode without it."""
+    g = torch.Generator().manual_seed(1)
+    student = torch.randint(0, 20, (3, 10), generator=g)
+    teacher = torch.cat([student[:, :1], torch.tensor([[7, 8]] * 3), student[:, 1:]], dim=1)
+    s_mask = torch.zeros(3, 10)
+    s_mask[:, 5:9] = 1
+    t_mask = torch.cat([s_mask[:, :1], torch.zeros(3, 2), s_mask[:, 1:]], dim=1)
+    return teacher, t_mask, student, s_mask
+
+
+def test_alpha_0_and_1_are_the_single_terms_and_the_student_term_sends_no_gradient_to_teacher_old():
+    model = tiny()
+    teacher, t_mask, student, s_mask = views()
+    with torch.no_grad():  # π^T_old: the teacher's log-probs at sampling time, in both frames
+        t_old = token_logprobs(model(teacher)[0] / 0.75, teacher) + 0.05 * torch.randn(3, 12)
+    s_old = torch.cat([t_old[:, :1], t_old[:, 3:]], dim=1).requires_grad_(True)  # moved to the student frame
+    t_old.requires_grad_(True)
+    adv = torch.tensor([1.0, -0.5, 0.25])
+    t_view, s_view = (teacher, t_mask, t_old), (student, s_mask, s_old)
+    l_teacher = clipped_surrogate(token_logprobs(model(teacher)[0] / 0.75, teacher), t_old, adv, t_mask, 0.2)
+    l_student = clipped_surrogate(token_logprobs(model(student)[0] / 0.75, student), s_old, adv, s_mask, 0.2)
+    assert abs(D.distill_loss(model, t_view, s_view, adv, 1.0, 0.75, 0.2)[0].item() - l_teacher.item()) < 1e-6
+    assert abs(D.distill_loss(model, t_view, s_view, adv, 0.0, 0.75, 0.2)[0].item() - l_student.item()) < 1e-6
+    half, _ = D.distill_loss(model, t_view, s_view, adv, 0.5, 0.75, 0.2)
+    assert abs(half.item() - 0.5 * (l_teacher.item() + l_student.item())) < 1e-6
+    model.zero_grad()
+    D.distill_loss(model, t_view, s_view, adv, 0.0, 0.75, 0.2)[0].backward()
+    assert s_old.grad is None and t_old.grad is None  # sg π^T_old: nothing flows into the old teacher
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_alpha_warmup():
+    cfg = D.Config(alpha=0.5, alpha_warmup=10)
+    assert [D.alpha_at(s, cfg) for s in (0, 5, 10, 50)] == [0.0, 0.25, 0.5, 0.5]
+    assert D.alpha_at(0, D.Config(alpha=1.0)) == 1.0 and D.alpha_at(0, D.Config(alpha=0.0)) == 0.0
+
+
+def test_kl_in_the_reward_carries_no_gradient(tmp_path):
+    """The teacher's reward uses KL(π^T ‖ sg π^S) computed under no_grad: a plain number per episode."""
+    from eval import kl_teacher_student
+    from rollout import play
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
+    played = play(model, [0, 1], 2, pi="full", generator=torch.Generator().manual_seed(0), max_len=120)
+    kl = kl_teacher_student(model, played, "full")
+    assert not kl.requires_grad and kl.shape == (4,) and (kl > 0).all()
+
+
+def test_pi_distill_smoke(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
+    save_checkpoint(str(tmp_path / "init.pt"), model)
+    summary = D.main([f"--init={tmp_path / 'init.pt'}", "--steps=3", "--tasks=4", "--n_tasks=8", "--pi_coverage=0.5",
+                      "--eval_every=3", "--eval_n=4", "--final_n=4", "--run=smoke", "--lr=1e-2"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    log = [json.loads(line) for line in open(tmp_path / "out" / "smoke" / "log.jsonl")]
+    assert len(log) == 3 and all(math.isfinite(r["loss"]) for r in log if "loss" in r)
+    assert any("kl" in r for r in log)
+    after, ckpt = load_checkpoint(summary["checkpoint"])
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), after.state_dict().values()))

@@ -1,0 +1,58 @@
+"""sft_rl_baseline.py: SFT targets are agent tokens only (with the CoT when asked), and both phases run 3 steps."""
+
+import json
+
+import torch
+
+import sft_rl_baseline as S
+import tokenizer as tk
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+
+
+def test_sft_loss_touches_agent_tokens_only():
+    for cot in (False, True):
+        cfg = S.Config(n_expert=30, cot=cot)
+        data = S.expert_data(cfg)
+        assert len(data) == 30
+        thought = False
+        for ids, flags in data:
+            target = tk.decode([t for t, f in zip(ids, flags) if f])
+            context = tk.decode([t for t, f in zip(ids, flags) if not f])
+            assert "<|tool|>" not in target and "<|user|>" not in target and "<|agent|>" not in target
+            assert "<|pi|>" not in context  # SFT is the student view
+            assert target.split()[:2] == ["profile", context.split("<|user|> i am ")[1].split()[0]]
+            thought |= "<|think|>" in target
+            assert ("<|think|>" in context) is False
+        assert thought == cot
+
+
+def tiny_checkpoint(path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
+    save_checkpoint(str(path), model)
+    return model
+
+
+def test_three_steps_of_each_phase_and_resume(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = tiny_checkpoint(tmp_path / "init.pt")
+    args = [f"--init={tmp_path / 'init.pt'}", "--sft_steps=3", "--rl_steps=3", "--n_expert=16", "--tasks=4",
+            "--eval_every=3", "--eval_n=4", "--final_n=4", "--cot=1", "--run=smoke", "--sft_lr=1e-2"]
+    summary = S.main(args)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    log = [json.loads(line) for line in open(tmp_path / "out" / "smoke" / "log.jsonl")]
+    assert [r["phase"] for r in log if "heldout_success" in r] == ["sft", "rl"]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
+    after, ckpt = load_checkpoint(summary["checkpoint"])
+    moved = any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+    assert moved and ckpt["phase"] == "done"
+    # --resume of a finished run trains nothing more and reports again
+    again = S.main(args + ["--resume=1"])
+    assert again["checkpoint"] == summary["checkpoint"]
+
+
+def test_bad_init_is_a_one_line_error(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match="error: no checkpoint at"):
+        S.main([f"--init={tmp_path / 'nope.pt'}"])
