@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from config import parse_args
-from env import LEVELS, PI_FORMS, TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
+from env import LEVELS, PI_FORMS, TEST_SEEDS, TRAIN_SEEDS, build_world, expert_act, make, render, solve
 from model import CheckpointError, kl_div, load_checkpoint, pick_device, vocab_logprobs
 from rollout import play, student_view
 
@@ -45,7 +45,7 @@ class EvalConfig:
 def evaluate(model, seeds, pi=None, level="L2", temperature=0.0, seed=0, batch=128, kl=False, progress=False):
     """One episode per seed in one view: success rate, protocol-error rate (an unparsable turn, or cut off by the
     context), mean tokens per episode, and with `kl` the mean KL_seq(π^T ‖ π^S) over the (teacher) episodes."""
-    wins, errors, tokens, kls = 0.0, 0, 0, []
+    wins, errors, tokens, kls, envs = 0.0, 0, 0, [], []
     chunks = range(0, len(seeds), batch)
     for i in tqdm(chunks, desc=f"{pi or 'student'}", leave=False, disable=not progress):
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
@@ -54,10 +54,12 @@ def evaluate(model, seeds, pi=None, level="L2", temperature=0.0, seed=0, batch=1
         errors += sum(not d or any(t == "error format" for _, t in e.history)
                       for e, d in zip(p.envs, p.episodes.done.tolist()))
         tokens += p.episodes.lengths.sum().item()
+        envs += p.envs
         if kl and pi:
             kls += kl_teacher_student(model, p, pi).tolist()
     n = len(seeds)
-    out = {"success": wins / n, "protocol_errors": errors / n, "mean_len": tokens / n}
+    out = {"success": wins / n, "protocol_errors": errors / n, "mean_len": tokens / n,
+           "buy": buy_selection(envs, level)}
     if kls:
         out["kl"] = sum(kls) / len(kls)
     return out
@@ -74,6 +76,29 @@ def kl_teacher_student(model, played, pi):
     per_token = kl_div(lp_t, lp_s)  # (N,) KL(π^T ‖ π^S) at each agent token
     rows = torch.arange(ep.ids.size(0)).repeat_interleave(ep.mask.sum(1))
     return torch.zeros(ep.ids.size(0)).index_add_(0, rows, per_token)
+
+
+def buy_selection(envs, level):
+    """Where the bought id lands in BUY episodes (the reading check and the learnability probe): the share of buys
+    naming a row id at all, one of the requested colour, one also in stock, the expert's row, and the right payment."""
+    counts = dict(buys=0, in_rows=0, colour=0, stock=0, cheapest=0, payment=0)
+    for env in envs:
+        if env.world.family != "BUY":
+            continue
+        world = build_world(env.seed, level)  # the world before any write
+        buys = [t.split() for r, t in env.history if r == "agent" and t.split()[:1] == ["buy"]]
+        if not buys or solve(world)[-1] == "say none":
+            continue
+        act, expert = buys[0] + ["", "", ""], solve(world)[2].split()
+        row = next((r for r in world.rows if r.id == act[1]), None)
+        counts["buys"] += 1
+        counts["in_rows"] += row is not None
+        counts["colour"] += row is not None and row.color == world.color
+        counts["stock"] += row is not None and row.color == world.color and row.stock >= world.qty
+        counts["cheapest"] += act[1] == expert[1]
+        counts["payment"] += act[3] == expert[3]
+    n = max(1, counts.pop("buys"))
+    return {k: v / n for k, v in counts.items()}
 
 
 def scripted_success(seeds, level, agent):
@@ -133,8 +158,10 @@ def main(argv=None):
         r = evaluate(model, test, temperature=temp, **run)
         res[f"student_{name}"], res[f"protocol_errors_{name}"] = r["success"], r["protocol_errors"]
         res[f"mean_len_{name}"] = r["mean_len"]
+        res[f"buy_{name}"] = r["buy"]
         print(f"student (held-out, {name:7s}) success {r['success']:.3f} | protocol errors {r['protocol_errors']:.3f}"
               f" | {r['mean_len']:.0f} tokens/episode")
+        print("  BUY selection: " + " | ".join(f"{k} {v:.3f}" for k, v in r["buy"].items()))
     if forms:
         base = evaluate(model, train, temperature=cfg.temperature, **run)["success"]
         res["student_train"] = base

@@ -30,9 +30,8 @@ from env import TEST_SEEDS, TRAIN_SEEDS
 from eval import evaluate, kl_teacher_student
 from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, kept_rows
 from model import token_logprobs
-from rollout import play, student_view
+from rollout import play, show_episode, student_view
 from run import Run
-from sft_rl_baseline import show_episode
 
 
 @dataclass

@@ -223,3 +223,28 @@ def student_view(played, pi):
             out[row, :n] = torch.cat([src[row, :start], src[row, end:]])
         lengths[row] -= len(line)
     return Episodes(ids, mask, logp, lengths, ep.done)
+
+
+def teacher_view(played, pi):
+    """Student episodes with the PI line put in after the system line (the inverse of student_view): OPSD scores the
+    student's own samples under the teacher's context. The inserted tokens are forced (mask 0, logp 0)."""
+    ep, start = played.episodes, len(tk.encode(SYS_LINE))
+    lines = [tk.encode(pi_line(env.pi[pi])) for env in played.envs]
+    width = ep.ids.size(1) + max(len(line) for line in lines)
+    ids = torch.full((ep.ids.size(0), width), tk.special("<|pad|>"), dtype=torch.long)
+    mask, logp = torch.zeros_like(ids), torch.zeros(ids.shape)
+    for row, line in enumerate(lines):
+        n = ep.ids.size(1) + len(line)
+        line_ids = torch.tensor(line)
+        ids[row, :n] = torch.cat([ep.ids[row, :start], line_ids, ep.ids[row, start:]])
+        mask[row, :n] = torch.cat([ep.mask[row, :start], torch.zeros_like(line_ids), ep.mask[row, start:]])
+        logp[row, :n] = torch.cat([ep.logp[row, :start], torch.zeros(len(line)), ep.logp[row, start:]])
+    return Episodes(ids, mask, logp, ep.lengths + torch.tensor([len(line) for line in lines]), ep.done)
+
+
+def show_episode(played, row=0):
+    """One decoded episode; the tokens the policy sampled are in [brackets], the rest was forced."""
+    ep, out = played.episodes, ""
+    for t, m in zip(ep.ids[row, : ep.lengths[row]].tolist(), ep.mask[row, : ep.lengths[row]].tolist()):
+        out += f"[{tk.decode([t])}]" if m else tk.decode([t])
+    return out.replace("][", "")

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
-import tokenizer as tk
 from config import parse_args
 from env import TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
 from eval import evaluate
 from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, kept_rows
 from model import token_logprobs
 from pretrain import collate, encode_pieces, transcript_pieces
-from rollout import play
+from rollout import play, show_episode
 from run import Run
 
 
@@ -92,14 +91,6 @@ def grpo_round(model, opt, cfg, seeds, generator):
     return stats, played
 
 
-def show_episode(played, row=0):
-    """One decoded episode; the tokens the policy sampled are in [brackets], the rest was forced."""
-    ep, out = played.episodes, ""
-    for t, m in zip(ep.ids[row, : ep.lengths[row]].tolist(), ep.mask[row, : ep.lengths[row]].tolist()):
-        out += f"[{tk.decode([t])}]" if m else tk.decode([t])
-    return out.replace("][", "")
-
-
 def main(argv=None):
     cfg = parse_args(Config(), argv)
     cfg.run = cfg.run or f"sft{'_cot' if cfg.cot else ''}_{cfg.sft_steps}_rl_{cfg.rl_steps}_n{cfg.n_expert}_s{cfg.seed}"
@@ -112,7 +103,8 @@ def main(argv=None):
 
     def evaluate_and_save(row):
         model.eval()
-        row["heldout_success"] = evaluate(model, test[: cfg.eval_n], level=cfg.level)["success"]
+        r = evaluate(model, test[: cfg.eval_n], level=cfg.level)
+        row.update(heldout_success=r["success"], **{f"buy_{k}": v for k, v in r["buy"].items()})
         model.train()
         run.save(model, opts, phase, step)
         run.log(phase, step, row)

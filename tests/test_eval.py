@@ -47,3 +47,28 @@ def test_scripted_floor_and_ceiling():
     seeds = list(TEST_SEEDS[:300])
     assert scripted_success(seeds, "L2", "expert") == 1.0
     assert 0.03 < scripted_success(seeds, "L2", "random") < 0.2
+
+
+def test_buy_selection_on_scripted_episodes():
+    """The expert's buys are all correct; a buy of the wrong row and payment is counted as such."""
+    from env import make, render, expert_act, solve
+    from eval import buy_selection
+
+    envs = []
+    for seed in range(60):
+        env = make("toy_shop")
+        env.reset(seed)
+        if env.world.family != "BUY" or solve(env.world)[-1] == "say none":
+            continue
+        while not env.done:
+            env.step(expert_act(render(env.history)))
+        envs.append(env)
+    assert buy_selection(envs, "L2") == dict(in_rows=1.0, colour=1.0, stock=1.0, cheapest=1.0, payment=1.0)
+    env = make("toy_shop")
+    env.reset(envs[0].seed)
+    plan = solve(env.world)
+    wrong = next(r for r in env.world.rows if r.color != env.world.color)
+    pay = "card" if plan[2].endswith("gift") else "gift"
+    for action in plan[:2] + [f"buy {wrong.id} {env.world.qty} {pay}", "say none"]:
+        env.step(action)
+    assert buy_selection([env], "L2") == dict(in_rows=1.0, colour=0.0, stock=0.0, cheapest=0.0, payment=0.0)
