@@ -7,9 +7,9 @@
 Each seed builds a small world from its own random.Random: a catalogue of rows with per-episode ids (one token
 each, see tokenizer.py), a user with a gift balance, an order. Three task families (ENV.md §4):
 
-    BUY       i am u3 . buy 2 red mug          colour and stock >= qty -> cheapest -> total -> gift covers it?
-    RETURN    i am u5 . return the priciest item of o2     pending -> cancel, delivered -> return the arg-max
-    EXCHANGE  i am u8 . swap my shirt in o1 for a white one    colour, same size, in stock -> cheapest -> pay/refund
+    BUY       i am u3 . buy 1 red mug          the row of the colour in stock -> gift covers the price, else card
+    RETURN    i am u5 . return the red item of o2          pending -> cancel the order, delivered -> return that item
+    EXCHANGE  i am u8 . swap my shirt in o1 for a white one    the colour, same size, in stock -> settle the difference
 
 The reward (§5) is 1 iff the final world state equals the one the expert's writes produce and the final `say`
 carries the required output. Tool errors and unparsable turns come back as observations, never exceptions.
@@ -18,8 +18,13 @@ The expert (§6) has two faces that must agree on every seed: `solve(world)` pla
 `expert_act(transcript)` reads only the rendered transcript (which proves the task is observable). Its chain of
 thought, written only before the decisive write, spells out each candidate, the arithmetic and the thresholds.
 
-Simplifications against ENV.md: L2 has no budget (the payment rule is the threshold; a budget drawn near the total
-leaks the payment, §11), and L3 adds a budget with `none` answers and more rows but no `ask` slot or fee rule.
+Deviations from ENV.md, by measurement: on the first base model, 1,000 steps of SFT without CoT on 8,000 expert
+episodes plateaued at 30% held-out success (BUY picked the expert's row 30% of the time, the right colour 64%):
+the tiny GPT did not learn "filter, then arg-min over two-digit prices, then double and compare" without a chain
+of thought. So at the default level L2 every decision is a lookup or one comparison: exactly one row passes the
+filter (no arg-min), qty is 1 (the payment is one comparison, gift >= price), RETURN names the item by colour, and an
+exchange is settled with the order's own payment. L3 keeps the arg-min/arg-max, qty up to 3 and adds a budget with
+`none` answers (but no `ask` slot or fee rule). L2 has no budget: one drawn near the total leaks the payment (§11).
 """
 
 import random
@@ -33,10 +38,14 @@ SIZES = ["small", "mid", "large"]
 ID_LETTERS = "bdfghjkmnpqz"  # ids are letter+digit, one token each; u, o, s, x, t, v, c, w stay free for words
 ITEM_IDS = [f"{a}{d}" for a in ID_LETTERS for d in range(1, 10)]
 PI_FORMS = ["full", "tools", "key", "answer", "hint"]
-LEVELS = {  # rows per search, max qty, families, budget and share of `none` worlds
-    "L1": dict(rows=4, max_qty=1, families=["BUY"], stock=False, budget=False, none=0.0),
-    "L2": dict(rows=5, max_qty=2, families=["BUY", "RETURN", "EXCHANGE"], stock=True, budget=False, none=0.03),
-    "L3": dict(rows=7, max_qty=3, families=["BUY", "RETURN", "EXCHANGE"], stock=True, budget=True, none=0.10),
+LEVELS = {  # rows per search, max qty, families, stock filter, unique answer (no arg-min), budget, share of `none`,
+    # items per order and share of pending orders (RETURN)
+    "L1": dict(rows=4, max_qty=1, families=["BUY"], stock=False, unique=True, budget=False, none=0.0, items=4,
+               pending=0.5),
+    "L2": dict(rows=5, max_qty=1, families=["BUY", "RETURN", "EXCHANGE"], stock=True, unique=True, budget=False,
+               none=0.03, items=4, pending=0.5),
+    "L3": dict(rows=7, max_qty=3, families=["BUY", "RETURN", "EXCHANGE"], stock=True, unique=False, budget=True,
+               none=0.10, items=5, pending=0.3),
 }
 ENVS = ["toy_shop"]
 # seed ranges never overlap: training tasks, held-out tasks, and the base model's pretraining corpus
@@ -65,7 +74,7 @@ class Order:
 
     def render(self):
         items = " | ".join(f"{r.id} {self.category} {r.color} {r.size} {r.price}".replace("  ", " ")
-                           if self.category else f"{r.id} {r.price}" for r in self.items)
+                           if self.category else f"{r.id} {r.color} {r.price}" for r in self.items)
         return f"{self.id} {self.status} paid {self.pay} : {items}"
 
 
@@ -99,31 +108,37 @@ class World:
 
 
 def _pay_threshold(rng, amount):
-    """A gift balance that covers `amount` half the time, drawn around the amount, independent of anything else."""
-    return amount + rng.randint(0, 40) if rng.random() < 0.5 else max(0, amount - rng.randint(1, 40))
+    """A gift balance that covers `amount` half the time, 3-40 away from it, independent of anything else."""
+    return amount + rng.randint(3, 40) if rng.random() < 0.5 else max(0, amount - rng.randint(3, 40))
 
 
-def _catalogue(rng, n, color, need, size="", none=False, stock=True):
+def _catalogue(rng, n, color, need, size="", none=False, stock=True, unique=False):
     """n rows; the target is the cheapest with `color` (and `size`) and stock >= need, at a uniform position.
 
-    Traps: cheaper rows of the colour that fail stock (or size), and cheaper rows of other colours. With `none`,
-    no row passes the filter. Returns (rows, target row or None)."""
+    Traps: cheaper rows of the colour that fail stock (or size), and cheaper rows of other colours. With `unique`
+    every other row of the colour fails a filter, so the answer is a lookup, not an arg-min. With `none`, no row
+    passes the filter. Returns (rows, target row or None)."""
     prices = sorted(rng.sample(range(10, 100), n))
     t = rng.randrange(1, n - 1)  # the target's rank by price: room for cheaper traps and pricier alternatives
     others = [c for c in COLORS if c != color]
+
+    def fail(r):  # a row of the colour that does not pass the filter
+        if not (stock or size):
+            r.color = rng.choice(others)
+        elif size and (not stock or rng.random() < 0.5):
+            r.size, r.stock = rng.choice([s for s in SIZES if s != size]), rng.randint(need, 5)
+        else:
+            r.size, r.stock = size, rng.randint(0, need - 1)
+
     rows = []
     for i, (rid, p) in enumerate(zip(rng.sample(ITEM_IDS, n), prices)):
         r = Row(rid, rng.choice(others), p, rng.randint(0, 5) if stock else 5, rng.choice(SIZES) if size else "")
         if i == t:
             r.color, r.stock, r.size = color, rng.randint(need, 5) if stock else 5, size
-        elif i < t and (stock or size) and rng.random() < 0.6:  # cheaper, the right colour, fails a filter
-            r.color = color
-            if size and (not stock or rng.random() < 0.5):
-                r.size, r.stock = rng.choice([s for s in SIZES if s != size]), rng.randint(need, 5)
-            else:
-                r.size, r.stock = size, rng.randint(0, need - 1)
-        elif i > t and rng.random() < 0.5:  # pricier rows of the colour: valid or not, never the cheapest
-            r.color = color
+        elif (i < t and rng.random() < 0.6) or (i > t and rng.random() < 0.5):
+            r.color = color  # cheaper rows of the colour fail a filter; pricier ones may pass unless `unique`
+            if i < t or unique:
+                fail(r)
         rows.append(r)
     target = rows[t]
     if none:
@@ -143,7 +158,7 @@ def build_world(seed, level="L2"):
     if family == "BUY":
         qty, color, cat = rng.randint(1, lv["max_qty"]), rng.choice(COLORS), rng.choice(BUY_CATEGORIES)
         none = rng.random() < lv["none"]
-        rows, target = _catalogue(rng, lv["rows"], color, qty, none=none, stock=lv["stock"])
+        rows, target = _catalogue(rng, lv["rows"], color, qty, none=none, stock=lv["stock"], unique=lv["unique"])
         total = target.price * qty if target else rng.randint(20, 150)
         w = World(family, user, _pay_threshold(rng, total), cat, rows, qty=qty, color=color)
         if lv["budget"] and target:  # over budget makes it a `none` world too, at the level's share
@@ -152,21 +167,22 @@ def build_world(seed, level="L2"):
             w.budget = rng.randint(40, 200)
         return w
     oid = f"o{rng.randint(1, 9)}"
-    if family == "RETURN":
-        n = 4 if level != "L3" else 5
-        items = [Row(i, "", p, 0) for i, p in zip(rng.sample(ITEM_IDS, n), rng.sample(range(10, 100), n))]
-        status = "pending" if rng.random() < 0.3 else "delivered"
+    if family == "RETURN":  # L1/L2 name the item by its colour; L3 by price (an arg-max or arg-min)
+        n = lv["items"]
+        items = [Row(i, c, p, 0) for i, c, p in zip(rng.sample(ITEM_IDS, n), rng.sample(COLORS, n),
+                                                    rng.sample(range(10, 100), n))]
+        status = "pending" if rng.random() < lv["pending"] else "delivered"
         order = Order(oid, status, rng.choice(["gift", "card"]), items)
-        return World(family, user, rng.randint(0, 150), "", [], {oid: order}, mode=rng.choice(["priciest", "cheapest"]),
-                     order_id=oid)
+        mode = rng.choice(items).color if lv["unique"] else rng.choice(["priciest", "cheapest"])
+        return World(family, user, rng.randint(0, 150), "", [], {oid: order}, mode=mode, order_id=oid)
     cat, size = rng.choice(SIZED_CATEGORIES), rng.choice(SIZES)
     old_color, color = rng.sample(COLORS, 2)
-    rows, target = _catalogue(rng, lv["rows"], color, 1, size=size)
+    rows, target = _catalogue(rng, lv["rows"], color, 1, size=size, unique=lv["unique"])
     old_ids = [i for i in ITEM_IDS if i not in {r.id for r in rows}]
     old = Row(rng.choice(old_ids), old_color, rng.choice([p for p in range(10, 100) if p not in {r.price for r in rows}]), 0, size)
     order = Order(oid, "delivered", rng.choice(["gift", "card"]), [old], cat)
-    diff = target.price - old.price
-    gift = _pay_threshold(rng, diff) if diff > 0 else rng.randint(0, 150)
+    diff = target.price - old.price  # settled with the order's own payment; a gift order's balance covers it
+    gift = max(0, diff) + rng.randint(0, 60) if order.pay == "gift" else rng.randint(0, 150)
     return World(family, user, gift, cat, rows, {oid: order}, color=color, order_id=oid)
 
 
@@ -190,13 +206,16 @@ def solve(world):
         if order.status == "pending":
             total = sum(r.price for r in order.items)
             return [f"profile {w.user}", f"order {order.id}", f"cancel {order.id}", f"say refund {total}"]
-        pick = (max if w.mode == "priciest" else min)(order.items, key=lambda r: r.price)
+        if w.mode in ("priciest", "cheapest"):
+            pick = (max if w.mode == "priciest" else min)(order.items, key=lambda r: r.price)
+        else:
+            pick = next(r for r in order.items if r.color == w.mode)
         return [f"profile {w.user}", f"order {order.id}", f"return {order.id} {pick.id}", f"say refund {pick.price}"]
     old = order.items[0]
     ok = [r for r in w.rows if r.color == w.color and r.size == old.size and r.stock >= 1]
     best = min(ok, key=lambda r: r.price)
     diff = best.price - old.price
-    pay = ("gift" if w.gift >= diff else "card") if diff > 0 else order.pay
+    pay = order.pay  # an exchange is settled with the order's own payment, either way
     out = f"pay {diff}" if diff > 0 else f"refund {-diff}"
     return [f"profile {w.user}", f"order {order.id}", f"search {w.category}", f"exchange {order.id} {old.id} {best.id} {pay}",
             f"say {out}"]
@@ -256,10 +275,16 @@ def expert_act(transcript, cot=False):
             return f"say {tools[2].split(' ')[1]} {tools[2].split(' ')[2]}"
         if status == "pending":
             return _with_think(f"{oid} pending cancel", f"cancel {oid}", cot)
-        prices = [(int(p), i) for i, p in re.findall(r"([a-z]\d) (\d+)", items)]
+        listed = re.findall(r"([a-z]\d) ([a-z]+) (\d+)", items)  # (id, colour, price)
         mode = words[6]
-        p, i = max(prices) if mode == "priciest" else min(prices)
-        think = f"{oid} delivered . {mode} : " + " ".join(f"{i} {p}" for p, i in prices) + f" . best {i} {p}"
+        if mode in ("priciest", "cheapest"):
+            prices = [(int(p), i) for i, c, p in listed]
+            p, i = max(prices) if mode == "priciest" else min(prices)
+            think = f"{oid} delivered . {mode} : " + " ".join(f"{i} {p}" for p, i in prices) + f" . best {i} {p}"
+        else:
+            i = next(i for i, c, p in listed if c == mode)
+            think = f"{oid} delivered . {mode} : " + " . ".join(f"{i} {c} {'ok' if c == mode else 'no'}"
+                                                               for i, c, p in listed)
         return _with_think(think, f"return {oid} {i}", cot)
     cat = words[6]
     if n == 2:
@@ -272,14 +297,9 @@ def expert_act(transcript, cot=False):
     notes = [f"{i} {z} {p} st{s} {'ok' if z == size and s >= 1 else 'no'}" for i, c, z, p, s in rows if c == color]
     p, i = min((p, i) for i, c, z, p, s in rows if c == color and z == size and s >= 1)
     diff = p - int(old_price)
-    think = f"{color} {size} : " + " . ".join(notes) + f" . best {i} {p} . {p} - {old_price} = {diff}"
-    if diff > 0:
-        pay = "gift" if gift >= diff else "card"
-        think += f" . gift {gift} {'>=' if pay == 'gift' else '<'} {diff} {pay}"
-    else:
-        pay = paid
-        think += f" . refund to {paid}"
-    return _with_think(think, f"exchange {oid} {old_id} {i} {pay}", cot)
+    think = (f"{color} {size} : " + " . ".join(notes) + f" . best {i} {p} . {p} - {old_price} = {diff} . "
+             f"{'pay' if diff > 0 else 'refund'} by {paid}")
+    return _with_think(think, f"exchange {oid} {old_id} {i} {paid}", cot)
 
 
 def _with_think(think, action, cot):
@@ -291,8 +311,8 @@ def _with_think(think, action, cot):
 
 
 HINTS = {"BUY": "cheapest {color} with stock {qty} ; gift covers total or card",
-         "RETURN": "pending cancel , delivered return the {mode}",
-         "EXCHANGE": "cheapest {color} same size in stock ; gift covers difference or card"}
+         "RETURN": "pending cancel , delivered return the {mode} one",
+         "EXCHANGE": "cheapest {color} same size in stock ; settle with the order payment"}
 
 
 def pi_text(world, form, plan=None):

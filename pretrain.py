@@ -8,7 +8,7 @@ learned that a PI line predicts the actions that follow — but nothing about wh
 
 - weak-agent episodes: the canonical tool plan with plausible-but-wrong decisive arguments (a random row, the
   cheapest of the colour ignoring stock, the cheapest overall, a random row of the colour; card 60% of the time;
-  return/cancel blind to the order's status). Together they succeed ~10% of the time: the student's level;
+  return/cancel blind to the order's status and to the item asked for). Together they succeed ~12% of the time;
 - on `pi_frac` of them, a hindsight PI line built from the episode's *own* actions, which therefore matches what
   follows with probability `rho`; otherwise it is taken from another weak rollout of the same task. The model learns
   "the PI line predicts my next actions", never what is right. Forms full/key/tools/answer; `hint` never appears;
@@ -78,16 +78,15 @@ def weak_plan(world, rng):
         return [f"profile {w.user}", f"search {w.category}", f"buy {row.id} {w.qty} {pay}"]
     order = w.orders[w.order_id]
     if w.family == "RETURN":
-        if rng.random() < 0.15:  # blind to the status
+        if rng.random() < 0.1:  # blind to the status
             return [f"profile {w.user}", f"order {order.id}", f"cancel {order.id}"]
-        by_price = sorted(order.items, key=lambda r: r.price, reverse=w.mode == "cheapest")  # the wanted one last
-        u = rng.random()
-        item = rng.choice(order.items) if u < 0.4 else by_price[0] if u < 0.8 else by_price[1]
+        misread = [r for r in order.items if r.color != w.mode] or order.items  # an item of another colour
+        item = rng.choice(order.items) if rng.random() < 0.5 else rng.choice(misread)
         return [f"profile {w.user}", f"order {order.id}", f"return {order.id} {item.id}"]
     colour = [r for r in w.rows if r.color == w.color] or w.rows
     u = rng.random()
-    row = (rng.choice(colour) if u < 0.3 else min(colour, key=lambda r: r.price) if u < 0.6 else
-           min(w.rows, key=lambda r: r.price) if u < 0.8 else rng.choice(w.rows))
+    row = (rng.choice(colour) if u < 0.2 else min(colour, key=lambda r: r.price) if u < 0.5 else
+           min(w.rows, key=lambda r: r.price) if u < 0.7 else rng.choice(w.rows))
     pay = "card" if rng.random() < 0.6 else "gift"
     return [f"profile {w.user}", f"order {order.id}", f"search {w.category}",
             f"exchange {order.id} {order.items[0].id} {row.id} {pay}"]

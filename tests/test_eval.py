@@ -46,7 +46,7 @@ def test_eval_errors_are_one_line(tmp_path):
 def test_scripted_floor_and_ceiling():
     seeds = list(TEST_SEEDS[:300])
     assert scripted_success(seeds, "L2", "expert") == 1.0
-    assert 0.03 < scripted_success(seeds, "L2", "random") < 0.2
+    assert 0.03 < scripted_success(seeds, "L2", "random") <= 0.30  # G3: nothing shallow beats 30%
 
 
 def test_buy_selection_on_scripted_episodes():
