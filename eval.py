@@ -12,7 +12,9 @@ What it prints (PAPER.md §6-7):
 - the scripted expert and a random agent on the same held-out seeds: ceiling and floor.
 """
 
+import glob
 import json
+import os
 import random
 import re
 import sys
@@ -39,6 +41,7 @@ class EvalConfig:
     seed: int = 0
     device: str = "auto"
     json: bool = False  # print the results as one JSON object on the last line
+    table: bool = False  # gather out/*/summary.json into the results table (and write it into README.md)
 
 
 @torch.no_grad()
@@ -132,6 +135,42 @@ def random_act(transcript, rng):
     return " ".join(action)
 
 
+ROW_ORDER = ["base", "SFT w/ CoT", "SFT w/o CoT", "RL", "SFT w/o CoT + RL", "SFT w/ CoT + RL", "OPSD",
+             "π-Distill α=0", "π-Distill α=0.5", "π-Distill α=1", "expert"]
+
+
+def results_table(base_success, expert, n, runs_dir="out"):
+    """Markdown: one row per method (mean ± std over its runs' held-out success, and how many seeds), in PAPER.md
+    §4's order, then any other methods found (ablations)."""
+    rows = {"base": [base_success], "expert": [expert]}
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
+        with open(path) as f:
+            summary = json.load(f)
+        rows.setdefault(summary["method"], []).append(summary["heldout_success"])
+    lines = [f"| method | held-out success (greedy, {n} tasks) | seeds |", "|---|---|---|"]
+    for method in ROW_ORDER + sorted(set(rows) - set(ROW_ORDER)):
+        values = rows.get(method)
+        if not values:
+            lines.append(f"| {method} | not run yet | 0 |")
+            continue
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        cell = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if len(values) > 1 else "")
+        lines.append(f"| {method} | {cell} | {len(values) if method not in ('base', 'expert') else '-'} |")
+    return "\n".join(lines)
+
+
+def write_table_into_readme(table, path="README.md"):
+    """Replace what stands between <!-- results table --> and <!-- /results table --> in the README."""
+    with open(path) as f:
+        text = f.read()
+    start, end = "<!-- results table -->", "<!-- /results table -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        with open(path, "w") as f:
+            f.write(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+
+
 def main(argv=None):
     cfg = parse_args(EvalConfig(), argv)
     if cfg.level not in LEVELS:
@@ -151,6 +190,12 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     model.eval()
     test, train = list(TEST_SEEDS[: cfg.n]), list(TRAIN_SEEDS[: cfg.n])
+    if cfg.table:  # the base row is measured now; every other row comes from a run's summary.json
+        base = evaluate(model, test, level=cfg.level, batch=cfg.batch)["success"]
+        table = results_table(base, scripted_success(test, cfg.level, "expert"), cfg.n)
+        write_table_into_readme(table)
+        print(table)
+        return table
     run = dict(level=cfg.level, seed=cfg.seed, batch=cfg.batch, progress=True)
     res = {"ckpt": cfg.ckpt, "n": cfg.n, "temperature": cfg.temperature}
     print(f"{cfg.ckpt}: {cfg.env} {cfg.level}, {cfg.n} episodes per number")

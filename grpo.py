@@ -62,3 +62,11 @@ def kept_rows(episodes, advantages, keep, device):
     T = int(episodes.lengths[keep].max())
     return (episodes.ids[keep, :T].to(device), episodes.mask[keep, :T].float().to(device),
             episodes.logp[keep, :T].to(device), advantages[keep].to(device))
+
+
+def update(model, opt, loss, max_norm=1.0):
+    """One optimizer step on `loss`, with the gradient norm clipped to max_norm (every script's update)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()

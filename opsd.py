@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import torch
 
 from config import parse_args
-from env import PI_FORMS, TEST_SEEDS, TRAIN_SEEDS
+from env import TEST_SEEDS
 from eval import evaluate
-from grpo import clipped_surrogate, entropy, group_advantages, informative_groups
+from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, update
 from model import kl_div, token_logprobs, vocab_logprobs
 from rollout import play, show_episode, teacher_view
-from run import Run
+from run import Run, pi_tasks
 
 
 @dataclass
@@ -99,27 +99,19 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator):
                                  cfg.clip) * grpo_mask.sum() / n_tokens
         if lp_t is not None and not cfg.kl_in_reward:
             loss = loss + cfg.beta * reverse_kl(logits, kl_mask, lp_t).sum() / n_tokens
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update(model, opt, loss)
     stats.update(loss=loss.item(), entropy=entropy(logits.detach(), mask))
     return stats, played
 
 
 def main(argv=None):
     cfg = parse_args(Config(), argv)
-    if not 0 <= cfg.pi_coverage <= 1:
-        raise SystemExit(f"error: --pi_coverage must lie in [0, 1], got {cfg.pi_coverage}")
-    if cfg.pi not in PI_FORMS:
-        raise SystemExit(f"error: unknown PI form {cfg.pi!r}; valid: {', '.join(PI_FORMS)}")
+    pool, with_pi = pi_tasks(cfg)
     cfg.run = cfg.run or f"opsd_{cfg.pi}_b{cfg.beta}{'_r' if cfg.kl_in_reward else ''}_c{cfg.pi_coverage}_s{cfg.seed}"
     run = Run(cfg, cfg.run)
     model, ckpt = run.load_model()
     opts = {"opt": torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))}
     phase, step = run.restore(ckpt, opts) if cfg.resume else ("rl", 0)
-    pool = list(TRAIN_SEEDS[: cfg.n_tasks])
-    with_pi = set(pool[: round(cfg.pi_coverage * cfg.n_tasks)])
     test = list(TEST_SEEDS)
     model.train()
     while phase == "rl" and step < cfg.steps:
@@ -138,7 +130,11 @@ def main(argv=None):
     model.eval()
     final = evaluate(model, test[: cfg.final_n], level=cfg.level)
     run.save(model, opts, "done", step)
-    return run.finish(heldout_success=final["success"], protocol_errors=final["protocol_errors"], n=cfg.final_n)
+    method = "OPSD" + (" (KL in reward)" if cfg.kl_in_reward else "")
+    if cfg.pi != "full" or cfg.pi_coverage < 1:
+        method += f" ({cfg.pi}, coverage {cfg.pi_coverage:g})"
+    return run.finish(method, heldout_success=final["success"], protocol_errors=final["protocol_errors"],
+                      n=cfg.final_n)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ import torch
 from config import parse_args
 from env import TEST_SEEDS, TRAIN_SEEDS
 from eval import evaluate, kl_teacher_student
-from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, kept_rows
+from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, kept_rows, update
 from model import token_logprobs
 from rollout import play, show_episode, student_view
-from run import Run
+from run import Run, pi_tasks
 
 
 @dataclass
@@ -122,10 +122,7 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
             term, ent = distill_loss(model, teacher, student, a, alpha if kind == "pi" else 0.0, cfg.temperature,
                                      cfg.clip)
             loss = loss + term * n / n_total  # every term normalised by the whole batch's agent-token count
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update(model, opt, loss)
     if batches:
         stats.update(loss=loss.item(), entropy=ent)
     return stats, shown
@@ -133,17 +130,14 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
 
 def main(argv=None):
     cfg = parse_args(Config(), argv)
-    if not 0 <= cfg.alpha <= 1 or not 0 <= cfg.pi_coverage <= 1:
-        raise SystemExit(f"error: --alpha and --pi_coverage must lie in [0, 1], got {cfg.alpha}, {cfg.pi_coverage}")
-    if cfg.pi not in ("full", "tools", "key", "answer", "hint"):
-        raise SystemExit(f"error: unknown PI form {cfg.pi!r}; valid: full, tools, key, answer, hint")
+    if not 0 <= cfg.alpha <= 1:
+        raise SystemExit(f"error: --alpha must lie in [0, 1], got {cfg.alpha}")
+    pool, with_pi = pi_tasks(cfg)
     cfg.run = cfg.run or f"pi_distill_{cfg.pi}_a{cfg.alpha}_b{cfg.beta}_c{cfg.pi_coverage}_s{cfg.seed}"
     run = Run(cfg, cfg.run)
     model, ckpt = run.load_model()
     opts = {"opt": torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))}
     phase, step = run.restore(ckpt, opts) if cfg.resume else ("rl", 0)
-    pool = list(TRAIN_SEEDS[: cfg.n_tasks])
-    with_pi = set(pool[: round(cfg.pi_coverage * cfg.n_tasks)])
     test, train = list(TEST_SEEDS), list(TRAIN_SEEDS)
 
     def evaluate_both(n, row):
@@ -169,7 +163,10 @@ def main(argv=None):
             run.log(phase, step, stats)
     final = evaluate_both(cfg.final_n, {})
     run.save(model, opts, "done", step)
-    return run.finish(heldout_success=final["heldout_success"], teacher_pi_success=final["teacher_pi_success"],
+    method = f"π-Distill α={cfg.alpha:g}" if cfg.pi_coverage > 0 else "RL (π-Distill script, no PI)"
+    if cfg.pi_coverage > 0 and (cfg.pi != "full" or cfg.beta != 0.25 or cfg.pi_coverage < 1):
+        method += f" ({cfg.pi}, β={cfg.beta:g}, coverage {cfg.pi_coverage:g})"
+    return run.finish(method, heldout_success=final["heldout_success"], teacher_pi_success=final["teacher_pi_success"],
                       n=cfg.final_n)
 
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 import tokenizer as tk
 from config import parse_args
 from eval import evaluate
+from grpo import update
 from env import COLORS, PRETRAIN_SEED0, SYS_LINE, TRAIN_SEEDS, build_world, make, pi_line, pi_text
 from model import GPT, IGNORE_INDEX, GPTConfig, pick_device, save_checkpoint
 
@@ -241,10 +242,7 @@ def main(argv=None):
             group["lr"] = lr_at(step, total, cfg)
         x, y = get_batch(cfg, rng, env, device)
         _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update(model, opt, loss)
         step += 1
         tokens += x.numel()
         elapsed = time.time() - t_start

@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 import torch
 
-from env import make
+from env import PI_FORMS, TRAIN_SEEDS, make
 from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint
 
 
@@ -69,9 +69,23 @@ class Run:
         self.log_file.flush()
         print(" | ".join(f"{k} {v}" for k, v in row.items()))
 
-    def finish(self, **numbers):
-        """The last printed line: one JSON object with the run's result, wall-clock and checkpoint path."""
-        summary = {"run": os.path.basename(self.dir), **numbers,
+    def finish(self, method, **numbers):
+        """The last printed line: one JSON object with the run's result, wall-clock and checkpoint path; also saved
+        as out/<run>/summary.json, with the row of the results table it belongs to (`method`) and the config."""
+        summary = {"run": os.path.basename(self.dir), "method": method, **numbers,
                    "wall_clock_s": round(time.time() - self.t_start, 1), "checkpoint": self.ckpt_path}
+        with open(os.path.join(self.dir, "summary.json"), "w") as f:
+            json.dump({**summary, "config": asdict(self.cfg)}, f, indent=1)
         print(json.dumps(summary))
         return summary
+
+
+def pi_tasks(cfg):
+    """The training tasks of pi_distill.py and opsd.py: (pool, the set of those that have PI). PI exists for the
+    first pi_coverage * n_tasks of the first n_tasks training seeds (the expert's budget). Bad options end the script."""
+    if cfg.pi not in PI_FORMS:
+        raise SystemExit(f"error: unknown PI form {cfg.pi!r}; valid: {', '.join(PI_FORMS)}")
+    if not 0 <= cfg.pi_coverage <= 1:
+        raise SystemExit(f"error: --pi_coverage must lie in [0, 1], got {cfg.pi_coverage}")
+    pool = list(TRAIN_SEEDS[: cfg.n_tasks])
+    return pool, set(pool[: round(cfg.pi_coverage * cfg.n_tasks)])

@@ -22,7 +22,7 @@ import torch
 from config import parse_args
 from env import TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
 from eval import evaluate
-from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, kept_rows
+from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, kept_rows, update
 from model import token_logprobs
 from pretrain import collate, encode_pieces, transcript_pieces
 from rollout import play, show_episode
@@ -83,10 +83,7 @@ def grpo_round(model, opt, cfg, seeds, generator):
         for _ in range(cfg.grad_steps):
             logits, _ = model(ids)
             loss = clipped_surrogate(token_logprobs(logits / cfg.temperature, ids), logp_old, a, mask, cfg.clip)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            update(model, opt, loss)
         stats.update(loss=loss.item(), entropy=entropy(logits.detach(), mask))
     return stats, played
 
@@ -118,10 +115,7 @@ def main(argv=None):
             t0 = time.time()
             x, y = collate(rng.choices(data, k=cfg.sft_batch), run.device)
             _, loss = model(x, y)
-            opts["sft_opt"].zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opts["sft_opt"].step()
+            update(model, opts["sft_opt"], loss)
             step += 1
             row = {"loss": loss.item(), "tok_s": x.numel() / (time.time() - t0)}
             if step % cfg.eval_every == 0 or step == cfg.sft_steps:
@@ -143,7 +137,10 @@ def main(argv=None):
     model.eval()
     final = evaluate(model, test[: cfg.final_n], level=cfg.level)
     run.save(model, opts, "done", step)
-    return run.finish(heldout_success=final["success"], protocol_errors=final["protocol_errors"], n=cfg.final_n)
+    sft = f"SFT w/{'' if cfg.cot else 'o'} CoT" if cfg.sft_steps else ""
+    method = " + ".join(x for x in (sft, "RL" if cfg.rl_steps else "") if x) or "base"
+    return run.finish(method, heldout_success=final["success"], protocol_errors=final["protocol_errors"],
+                      n=cfg.final_n)
 
 
 if __name__ == "__main__":

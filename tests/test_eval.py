@@ -72,3 +72,17 @@ def test_buy_selection_on_scripted_episodes():
     for action in plan[:2] + [f"buy {wrong.id} {env.world.qty} {pay}", "say none"]:
         env.step(action)
     assert buy_selection([env], "L2") == dict(in_rows=1.0, colour=0.0, stock=0.0, cheapest=0.0, payment=0.0)
+
+
+def test_results_table_from_summaries(tmp_path):
+    from eval import results_table
+
+    for i, (method, success) in enumerate([("RL", 0.2), ("RL", 0.4), ("π-Distill α=0.5", 0.7), ("my ablation", 0.1)]):
+        run = tmp_path / f"run{i}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"method": method, "heldout_success": success}))
+    table = results_table(0.05, 1.0, 500, runs_dir=str(tmp_path)).splitlines()
+    assert table[0].startswith("| method | held-out success (greedy, 500 tasks)")
+    assert "| base | 5.0 | - |" in table and "| expert | 100.0 | - |" in table
+    assert "| RL | 30.0 ± 14.1 | 2 |" in table and "| π-Distill α=0.5 | 70.0 | 1 |" in table
+    assert "| OPSD | not run yet | 0 |" in table and table[-1] == "| my ablation | 10.0 | 1 |"
