@@ -89,7 +89,8 @@ def buy_selection(envs, level):
         if env.world.family != "BUY":
             continue
         world = build_world(env.seed, level)  # the world before any write
-        buys = [t.split() for r, t in env.history if r == "agent" and t.split()[:1] == ["buy"]]
+        actions = [t.split("<|/think|>")[-1].split() for r, t in env.history if r == "agent"]  # after any CoT
+        buys = [a for a in actions if a[:1] == ["buy"]]
         if not buys or solve(world)[-1] == "say none":
             continue
         act, expert = buys[0] + ["", "", ""], solve(world)[2].split()

@@ -60,8 +60,8 @@ def test_buy_selection_on_scripted_episodes():
         env.reset(seed)
         if env.world.family != "BUY" or solve(env.world)[-1] == "say none":
             continue
-        while not env.done:
-            env.step(expert_act(render(env.history)))
+        while not env.done:  # half of them with the chain of thought before the buy
+            env.step(expert_act(render(env.history), cot=seed % 2 == 0))
         envs.append(env)
     assert buy_selection(envs, "L2") == dict(in_rows=1.0, colour=1.0, stock=1.0, cheapest=1.0, payment=1.0)
     env = make("toy_shop")
