@@ -274,6 +274,6 @@ def load_checkpoint(path, device="cpu"):
         model = GPT(GPTConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["model"])
     except Exception as e:  # truncated zip, wrong pickle, missing keys, shape mismatch: all one message
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:120]  # torch's first sentence at most
         raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {reason}") from None
     return model.to(device), ckpt
