@@ -18,13 +18,10 @@ The expert (§6) has two faces that must agree on every seed: `solve(world)` pla
 `expert_act(transcript)` reads only the rendered transcript (which proves the task is observable). Its chain of
 thought, written only before the decisive write, spells out each candidate, the arithmetic and the thresholds.
 
-Deviations from ENV.md, by measurement: on the first base model, 1,000 steps of SFT without CoT on 8,000 expert
-episodes plateaued at 30% held-out success (BUY picked the expert's row 30% of the time, the right colour 64%):
-the tiny GPT did not learn "filter, then arg-min over two-digit prices, then double and compare" without a chain
-of thought. So at the default level L2 every decision is a lookup or one comparison: exactly one row passes the
-filter (no arg-min), qty is 1 (the payment is one comparison, gift >= price), RETURN names the item by colour, and an
-exchange is settled with the order's own payment. L3 keeps the arg-min/arg-max, qty up to 3 and adds a budget with
-`none` answers (but no `ask` slot or fee rule). L2 has no budget: one drawn near the total leaks the payment (§11).
+Deviation from ENV.md, by measurement (README, "Why L2 is a lookup"): SFT without CoT did not learn the arg-min
+design, so at L2 exactly one row passes the filter, qty is 1, RETURN names the item by colour and an exchange is
+settled with the order's own payment. L3 keeps the arg-min, qty up to 3 and a budget with `none` answers (no `ask`
+slot or fee rule). L2 has no budget: one drawn near the total leaks the payment (ENV.md §11).
 """
 
 import random

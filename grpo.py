@@ -10,8 +10,6 @@ success, reward and the zero-advantage fraction instead.
 
 import torch
 
-from model import token_logprobs
-
 
 def group_advantages(rewards):
     """A_k = R_k − mean_group(R) for rewards (G, K): -> (G, K). No std normalisation (Dr. GRPO; PAPER.md §2 step 3)."""
@@ -32,20 +30,14 @@ def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2):
     detached here: it is π_old in GRPO, π^T_old in π-Distill's student term (the ratio π^S_θ / sg π^T_old).
     Where the ratio leaves the clip range on the side that would increase the objective, the min picks the
     clipped, constant term and that token sends no gradient.
+
+    Simplification: the scripts take both log-probs at the sampling temperature (logits / T), so π_old is exactly
+    the distribution the sampler drew from (rollout.generate's logp) and no extra no-grad forward is needed.
     """
     ratio = torch.exp(logp_new - logp_old.detach())  # (B, T); the old policy is a constant (stop-gradient)
     adv = advantages[:, None]  # (B, 1)
     objective = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)  # (B, T)
     return -(objective * mask).sum() / mask.sum().clamp_min(1)
-
-
-def policy_logprobs(model, ids, temperature):
-    """log π_θ(token | prefix) for every token of ids (B, T), at the sampling temperature, with gradient.
-
-    Simplification: ratios are taken at the temperature the episodes were sampled with, so π_old is exactly the
-    distribution the sampler drew from (rollout.generate's logp) and no extra no-grad forward is needed."""
-    logits, _ = model(ids)
-    return token_logprobs(logits / temperature, ids)
 
 
 def entropy(logits, mask):
