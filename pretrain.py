@@ -46,7 +46,7 @@ class PretrainConfig:
     env: str = "toy_shop"
     level: str = "L2"
     model: str = "tiny"  # tiny | small
-    minutes: float = 50.0  # wall-clock budget (the shipped base: 50, which ran 54 min with its checks); the cosine schedule is laid over the steps this allows
+    minutes: float = 50.0  # wall-clock budget (the shipped base: 50, 54 min with its checks); sets the step count
     steps: int = 0  # if > 0, a fixed number of steps instead of the time budget
     batch_size: int = 64  # sequences per step (episodes or skill documents)
     lr: float = 2e-3
