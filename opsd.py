@@ -70,8 +70,8 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator):
     model.eval()
     played = play(model, seeds, K, level=cfg.level, temperature=cfg.temperature, generator=generator)
     ep = played.episodes
-    ids, mask, logp_old = ep.ids[:, : ep.lengths.max()].to(device), ep.mask[:, : ep.lengths.max()].float().to(device), \
-        ep.logp[:, : ep.lengths.max()].to(device)
+    T = int(ep.lengths.max())  # trim the padding every row shares
+    ids, mask, logp_old = ep.ids[:, :T].to(device), ep.mask[:, :T].float().to(device), ep.logp[:, :T].to(device)
     with_pi = torch.tensor([has_pi(s) for s in seeds]).repeat_interleave(K)  # (B,)
     kl_mask = mask * with_pi[:, None].to(device)  # the KL term only where the task has PI
     lp_t, kl_seq = None, torch.zeros(len(with_pi))
