@@ -69,16 +69,17 @@ def evaluate(model, seeds, pi=None, level="L2", temperature=0.0, seed=0, batch=1
 
 
 @torch.no_grad()
-def kl_teacher_student(model, played, pi):
+def kl_teacher_student(model, played, pi, with_teacher=False):
     """KL_seq(π^T ‖ π^S) per episode: Σ over agent tokens of Σ_v p_T(v) (log p_T(v) − log p_S(v)), exact over the
-    vocabulary, scored on the teacher's own samples (the quantity in π-Distill's reward, Eq. 2)."""
-    ep = played.episodes
-    st = student_view(played, pi)
-    lp_t = vocab_logprobs(model(ep.ids)[0], ep.mask)  # (N, V), agent tokens in row-major order
-    lp_s = vocab_logprobs(model(st.ids)[0], st.mask)  # (N, V), the same tokens in the same order
-    per_token = kl_div(lp_t, lp_s)  # (N,) KL(π^T ‖ π^S) at each agent token
+    vocabulary, scored on the teacher's own samples (the quantity in π-Distill's reward, Eq. 2). With
+    `with_teacher`, also the teacher's log-softmax at those tokens (N, V), the sg π^T of π-Distill's student term."""
+    ep, st, device = played.episodes, student_view(played, pi), model.wte.weight.device
+    lp_t = vocab_logprobs(model(ep.ids.to(device))[0], ep.mask.to(device))  # (N, V), agent tokens, row-major order
+    lp_s = vocab_logprobs(model(st.ids.to(device))[0], st.mask.to(device))  # (N, V), the same tokens, same order
+    per_token = kl_div(lp_t, lp_s).cpu()  # (N,) KL(π^T ‖ π^S) at each agent token
     rows = torch.arange(ep.ids.size(0)).repeat_interleave(ep.mask.sum(1))
-    return torch.zeros(ep.ids.size(0)).index_add_(0, rows, per_token)
+    kl_seq = torch.zeros(ep.ids.size(0)).index_add_(0, rows, per_token)
+    return (kl_seq, lp_t) if with_teacher else kl_seq
 
 
 def buy_selection(envs, level):

@@ -7,29 +7,37 @@ that does not, trained jointly on the teacher's samples. The project's main comm
 
 Each round (Algorithm 1), for the tasks that have PI:
  1. K episodes per task from the teacher view π^T(·|s, I) at temperature 0.75;
- 2. reward R = R_env − β·KL_seq(π^T ‖ sg π^S): the exact full-vocabulary KL at each agent token, summed over the
-    episode, computed without gradient (eval.kl_teacher_student);
+ 2. the teacher's reward R_env − β·KL_seq(π^T ‖ sg π^S): the exact full-vocabulary KL at each agent token, summed
+    over the episode, computed without gradient (eval.kl_teacher_student);
  3. group-centred advantages without the std; groups whose advantages are all zero are dropped;
  4. teacher term L_T: clipped ratio π^T_θ / π^T_old on the teacher's context (Eq. 2);
  5. student term L_S: clipped ratio π^S_θ / sg π^T_old — the student's log-prob of the teacher's tokens in the
-    context without the PI line, over the teacher's sampling log-prob (Eq. 3);
+    context without the PI line, over the teacher's sampling log-prob (Eq. 3) — plus Eq. 3's own
+    β·KL(sg π^T ‖ π^S) at every teacher token, with gradient into the student (see the deviation below);
  6. loss α·L_T + (1 − α)·L_S (Eq. 4), clip [0.8, 1.2], normalised by the batch's agent tokens, `grad_steps` steps.
 Tasks without PI (1 − pi_coverage of them) train as student-view GRPO in the same batch. With 0 < α < 1, α rises
 linearly from 0 over the first `alpha_warmup` rounds, as in the paper. No KL to the base model.
 
-Deviation: ratios are taken at the sampling temperature (grpo.clipped_surrogate's docstring says why).
+Deviation, by measurement (README, "π-Distill: what it took"): Algorithm 1 folds β·KL_seq into one reward that both
+terms share (`--student_kl=reward` runs exactly that). Here the student's advantage is R_env − mean alone and its
+KL is Eq. 3's differentiable term. Folded, the KL *penalises the student on the teacher episodes it disagrees with
+most* — the ones it has to learn from — and a near-deterministic teacher makes most groups identical, so dropped:
+the student did not learn and the run collapsed. Also: ratios are taken at the sampling temperature
+(grpo.clipped_surrogate's docstring says why); the KL term is at temperature 1 and uses the teacher's log-probs
+from the round's sampling weights for all `grad_steps` steps.
 """
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from config import parse_args
 from env import TEST_SEEDS, TRAIN_SEEDS
 from eval import evaluate, kl_teacher_student
-from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, kept_rows, update
-from model import token_logprobs
+from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, update
+from model import kl_div, token_logprobs, vocab_logprobs
 from rollout import play, show_episode, student_view
 from run import Run, pi_tasks
 
@@ -44,7 +52,8 @@ class Config:
     n_tasks: int = 2000  # training tasks (the expert budget: PI exists for the first pi_coverage * n_tasks)
     alpha: float = 0.5  # Eq. 4: weight of the teacher term; 0 = student only, 1 = teacher only
     alpha_warmup: int = 20  # rounds of the linear rise of α from 0 (only for 0 < α < 1)
-    beta: float = 0.25  # weight of KL_seq(π^T ‖ sg π^S) in the teacher's reward
+    beta: float = 0.25  # weight of the KL between the views: in the teacher's reward, and in the student's loss
+    student_kl: str = "loss"  # loss: Eq. 3's KL term in the student loss, R alone in its advantage; reward: Alg. 1
     steps: int = 150  # sampling rounds
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task
@@ -67,63 +76,93 @@ def alpha_at(step, cfg):
     return cfg.alpha
 
 
-def distill_loss(model, teacher, student, adv, alpha, temperature, clip):
-    """α·L_T + (1 − α)·L_S (Eq. 4) on the teacher's episodes, both terms normalised by the same agent-token count.
+class View(NamedTuple):
+    """One view of a batch of teacher episodes, on the device: ids, agent mask (B, T); logp_old = π^T_old at the
+    sampled tokens (B, T); adv (B,); keep (B,) 1.0 for the episodes of informative groups (the clipped terms)."""
+    ids: torch.Tensor
+    mask: torch.Tensor
+    logp_old: torch.Tensor
+    adv: torch.Tensor
+    keep: torch.Tensor
 
-    teacher, student: (ids, mask, logp_old) of the same kept episodes in the two views; logp_old is π^T_old in
-    both (student_view moves it with its tokens). Returns (loss, entropy of the last view scored)."""
+
+def distill_loss(model, teacher, student, alpha, temperature, clip, beta=0.0, lp_t=None):
+    """α·L_T + (1 − α)·(L_S + β·KL(sg π^T ‖ π^S)) on the teacher's episodes (Eq. 4 with Eq. 2 and Eq. 3).
+
+    teacher, student: Views of the same episodes. L_T: clipped ratio π^T_θ / π^T_old (Eq. 2); L_S: clipped ratio
+    π^S_θ / sg π^T_old on the same tokens (Eq. 3); each over the kept episodes' agent tokens, normalised by their
+    count. With `lp_t` (N, V), the teacher's log-softmax at every agent token of the student view (row-major order,
+    detached), Eq. 3's own KL term is added as a mean over those tokens, with gradient into the student only.
+    Returns (loss, entropy of the last view scored)."""
     loss = 0.0
-    for weight, view in ((alpha, teacher), (1 - alpha, student)):
-        if weight > 0:  # teacher: ratio π^T_θ / π^T_old (Eq. 2); student: π^S_θ / sg π^T_old on the same tokens (Eq. 3)
-            ids, mask, logp_old = view
-            logits, _ = model(ids)
-            logp = token_logprobs(logits / temperature, ids)
-            loss = loss + weight * clipped_surrogate(logp, logp_old, adv, mask, clip)
-            ent = entropy(logits.detach(), mask)
+    for weight, v, is_student in ((alpha, teacher, False), (1 - alpha, student, True)):
+        if weight == 0:
+            continue
+        logits, _ = model(v.ids)
+        logp = token_logprobs(logits / temperature, v.ids)
+        loss = loss + weight * clipped_surrogate(logp, v.logp_old, v.adv, v.mask * v.keep[:, None], clip)
+        if is_student and lp_t is not None and beta > 0:
+            loss = loss + weight * beta * kl_div(lp_t.detach(), vocab_logprobs(logits, v.mask)).mean()
+        ent = entropy(logits.detach(), v.mask)
     return loss, ent
 
 
+def view(episodes, adv, keep, device):
+    """rollout.Episodes (trimmed to the longest) + advantages and kept episodes -> a View on `device`."""
+    T = int(episodes.lengths.max())
+    return View(episodes.ids[:, :T].to(device), episodes.mask[:, :T].float().to(device),
+                episodes.logp[:, :T].to(device), adv.to(device), keep.float().to(device))
+
+
 def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
-    """One round of Algorithm 1 over `seeds`; those without PI are student GRPO. -> (stats, teacher episodes)."""
+    """One round of Algorithm 1 over `seeds`; those without PI are student GRPO. -> (stats, teacher episodes).
+
+    The teacher's advantage comes from R − β·KL_seq (Eq. 2). The student's depends on `cfg.student_kl`: `loss` (the
+    default) takes R alone and adds Eq. 3's β·KL(sg π^T ‖ π^S) as a loss term on every teacher episode; `reward` is
+    Algorithm 1 verbatim, the same folded reward for both terms and no student KL term."""
     t0, device, K = time.time(), next(model.parameters()).device, cfg.k
     pi_seeds, plain_seeds = [s for s in seeds if has_pi(s)], [s for s in seeds if not has_pi(s)]
     model.eval()
     batches, stats, shown, tokens = [], {"alpha": alpha}, None, 0
+
+    def centred(reward):  # group-centred advantages (B,) and which episodes belong to informative groups (B,)
+        adv = group_advantages(reward.view(-1, K))
+        return adv.flatten(), informative_groups(adv).repeat_interleave(K)
+
     if pi_seeds:
         played = play(model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=cfg.temperature, generator=generator)
-        kl = kl_teacher_student(model, played, cfg.pi)  # (B,), no gradient
-        reward = played.rewards - cfg.beta * kl  # Algorithm 1: the KL folded into the reward
-        adv = group_advantages(reward.view(-1, K)).flatten()
-        keep = informative_groups(adv.view(-1, K)).repeat_interleave(K)
-        if keep.any():
-            t_ids, t_mask, t_old, a = kept_rows(played.episodes, adv, keep, device)
-            s_ids, s_mask, s_old, _ = kept_rows(student_view(played, cfg.pi), adv, keep, device)
-            batches.append(("pi", (t_ids, t_mask, t_old), (s_ids, s_mask, s_old), a, t_mask.sum()))
+        kl, lp_t = kl_teacher_student(model, played, cfg.pi, with_teacher=True)  # (B,), (N, V); no gradient
+        reward = played.rewards - cfg.beta * kl  # Algorithm 1: the KL folded into the teacher's reward
+        adv_t, keep_t = centred(reward)
+        adv_s, keep_s = centred(played.rewards) if cfg.student_kl == "loss" else (adv_t, keep_t)
+        teacher = view(played.episodes, adv_t, keep_t, device)
+        student = view(student_view(played, cfg.pi), adv_s, keep_s, device)
+        lp_t = lp_t if cfg.student_kl == "loss" else None
+        batches.append((teacher, student, lp_t, alpha, played.episodes.mask.sum().item()))
         stats.update(teacher_success=played.rewards.mean().item(), reward=reward.mean().item(),
-                     kl=kl.mean().item(), zero_adv=1 - keep.float().mean().item(),
+                     kl=kl.mean().item(), zero_adv=1 - keep_t.float().mean().item(),
+                     zero_adv_student=1 - keep_s.float().mean().item(),
                      len=played.episodes.lengths.float().mean().item())
         tokens, shown = tokens + played.episodes.mask.sum().item(), played
     if plain_seeds:
         plain = play(model, plain_seeds, K, level=cfg.level, temperature=cfg.temperature, generator=generator)
-        adv = group_advantages(plain.rewards.view(-1, K)).flatten()
-        keep = informative_groups(adv.view(-1, K)).repeat_interleave(K)
-        if keep.any():
-            ids, mask, old, a = kept_rows(plain.episodes, adv, keep, device)
-            batches.append(("plain", None, (ids, mask, old), a, mask.sum()))
+        adv, keep = centred(plain.rewards)
+        own = view(plain.episodes, adv, keep, device)  # a plain GRPO task is the student term alone on its samples
+        batches.append((None, own, None, 0.0, plain.episodes.mask.sum().item()))
         stats.update(student_success=plain.rewards.mean().item(), zero_adv_plain=1 - keep.float().mean().item())
         tokens, shown = tokens + plain.episodes.mask.sum().item(), shown or plain
     stats["tok_s"] = tokens / (time.time() - t0)
     model.train()
     n_total = sum(b[4] for b in batches)
-    for _ in range(cfg.grad_steps if batches else 0):
+    for _ in range(cfg.grad_steps):
         loss = 0.0
-        for kind, teacher, student, a, n in batches:
-            # a plain GRPO task is the student term alone (α = 0) on the student's own samples
-            term, ent = distill_loss(model, teacher, student, a, alpha if kind == "pi" else 0.0, cfg.temperature,
-                                     cfg.clip)
-            loss = loss + term * n / n_total  # every term normalised by the whole batch's agent-token count
-        update(model, opt, loss)
-    if batches:
+        for teacher, student, lp_t, a, n in batches:  # each part weighted by its share of the round's agent tokens
+            if student.keep.any() or lp_t is not None:
+                term, ent = distill_loss(model, teacher, student, a, cfg.temperature, cfg.clip, cfg.beta, lp_t)
+                loss = loss + term * n / n_total
+        if torch.is_tensor(loss):
+            update(model, opt, loss)
+    if torch.is_tensor(loss):
         stats.update(loss=loss.item(), entropy=ent)
     return stats, shown
 
@@ -132,8 +171,11 @@ def main(argv=None):
     cfg = parse_args(Config(), argv)
     if not 0 <= cfg.alpha <= 1:
         raise SystemExit(f"error: --alpha must lie in [0, 1], got {cfg.alpha}")
+    if cfg.student_kl not in ("loss", "reward"):
+        raise SystemExit(f"error: --student_kl must be loss or reward, got {cfg.student_kl!r}")
     pool, with_pi = pi_tasks(cfg)
-    cfg.run = cfg.run or f"pi_distill_{cfg.pi}_a{cfg.alpha}_b{cfg.beta}_c{cfg.pi_coverage}_s{cfg.seed}"
+    cfg.run = cfg.run or (f"pi_distill_{cfg.pi}_a{cfg.alpha}_b{cfg.beta}_c{cfg.pi_coverage}"
+                          f"{'_r' if cfg.student_kl == 'reward' else ''}_s{cfg.seed}")
     run = Run(cfg, cfg.run)
     model, ckpt = run.load_model()
     opts = {"opt": torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))}
@@ -164,6 +206,8 @@ def main(argv=None):
     final = evaluate_both(cfg.final_n, {})
     run.save(model, opts, "done", step)
     method = f"π-Distill α={cfg.alpha:g}" if cfg.pi_coverage > 0 else "RL (π-Distill script, no PI)"
+    if cfg.pi_coverage > 0 and cfg.student_kl == "reward":
+        method += " (Algorithm 1's folded KL)"
     if cfg.pi_coverage > 0 and (cfg.pi != "full" or cfg.beta != 0.25 or cfg.pi_coverage < 1):
         method += f" ({cfg.pi}, β={cfg.beta:g}, coverage {cfg.pi_coverage:g})"
     return run.finish(method, heldout_success=final["heldout_success"], teacher_pi_success=final["teacher_pi_success"],

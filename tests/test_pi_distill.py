@@ -48,18 +48,44 @@ def test_alpha_0_and_1_are_the_single_terms_and_the_student_term_sends_no_gradie
         t_old = token_logprobs(model(teacher)[0] / 0.75, teacher) + 0.05 * torch.randn(3, 12)
     s_old = torch.cat([t_old[:, :1], t_old[:, 3:]], dim=1).requires_grad_(True)  # moved to the student frame
     t_old.requires_grad_(True)
-    adv = torch.tensor([1.0, -0.5, 0.25])
-    t_view, s_view = (teacher, t_mask, t_old), (student, s_mask, s_old)
-    l_teacher = clipped_surrogate(token_logprobs(model(teacher)[0] / 0.75, teacher), t_old, adv, t_mask, 0.2)
-    l_student = clipped_surrogate(token_logprobs(model(student)[0] / 0.75, student), s_old, adv, s_mask, 0.2)
-    assert abs(D.distill_loss(model, t_view, s_view, adv, 1.0, 0.75, 0.2)[0].item() - l_teacher.item()) < 1e-6
-    assert abs(D.distill_loss(model, t_view, s_view, adv, 0.0, 0.75, 0.2)[0].item() - l_student.item()) < 1e-6
-    half, _ = D.distill_loss(model, t_view, s_view, adv, 0.5, 0.75, 0.2)
+    adv, keep = torch.tensor([1.0, -0.5, 0.25]), torch.tensor([1.0, 0.0, 1.0])  # episode 1: a dropped group
+    t_view, s_view = D.View(teacher, t_mask, t_old, adv, keep), D.View(student, s_mask, s_old, adv, keep)
+    kept = keep[:, None]
+    l_teacher = clipped_surrogate(token_logprobs(model(teacher)[0] / 0.75, teacher), t_old, adv, t_mask * kept, 0.2)
+    l_student = clipped_surrogate(token_logprobs(model(student)[0] / 0.75, student), s_old, adv, s_mask * kept, 0.2)
+    assert abs(D.distill_loss(model, t_view, s_view, 1.0, 0.75, 0.2)[0].item() - l_teacher.item()) < 1e-6
+    assert abs(D.distill_loss(model, t_view, s_view, 0.0, 0.75, 0.2)[0].item() - l_student.item()) < 1e-6
+    half, _ = D.distill_loss(model, t_view, s_view, 0.5, 0.75, 0.2)
     assert abs(half.item() - 0.5 * (l_teacher.item() + l_student.item())) < 1e-6
     model.zero_grad()
-    D.distill_loss(model, t_view, s_view, adv, 0.0, 0.75, 0.2)[0].backward()
+    D.distill_loss(model, t_view, s_view, 0.0, 0.75, 0.2)[0].backward()
     assert s_old.grad is None and t_old.grad is None  # sg π^T_old: nothing flows into the old teacher
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_student_kl_term_is_the_forward_kl_to_the_detached_teacher():
+    """Eq. 3's β·KL(sg π^T ‖ π^S): a brute-force sum over the tiny vocabulary at every student agent token, with no
+    gradient into the teacher's log-probs, and absent at α = 1."""
+    model = tiny()
+    teacher, t_mask, student, s_mask = views()
+    zero = torch.zeros(3)
+    s_view = D.View(student, s_mask, torch.zeros(3, 10), zero, zero)  # no kept episode: the KL term alone
+    with torch.no_grad():
+        lp_t = torch.log_softmax(model(teacher)[0][:, :-1][t_mask[:, 1:].bool()], -1)  # (12, 20)
+    lp_t.requires_grad_(True)
+    loss, _ = D.distill_loss(model, None, s_view, 0.0, 0.75, 0.2, beta=0.25, lp_t=lp_t)
+    q = torch.softmax(model(student)[0], -1)  # the student's distributions, brute force below
+    pairs = [(b, t) for b in range(3) for t in range(1, 10) if s_mask[b, t]]
+    brute = 0.0
+    for n, (b, t) in enumerate(pairs):
+        p_t = lp_t[n].exp().tolist()
+        brute += sum(p * (math.log(p) - math.log(q[b, t - 1, v].item())) for v, p in enumerate(p_t))
+    assert abs(loss.item() - 0.25 * brute / len(pairs)) < 1e-5
+    loss.backward()
+    assert lp_t.grad is None  # sg π^T
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    t_view = D.View(teacher, t_mask, torch.zeros(3, 12), zero, zero)
+    assert D.distill_loss(model, t_view, s_view, 1.0, 0.75, 0.2, beta=0.25, lp_t=lp_t)[0].item() == 0.0
 
 
 def test_alpha_warmup():
@@ -93,3 +119,20 @@ def test_pi_distill_smoke(tmp_path, monkeypatch, capsys):
     assert any("kl" in r for r in log)
     after, ckpt = load_checkpoint(summary["checkpoint"])
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), after.state_dict().values()))
+
+
+def test_folded_kl_smoke_and_a_bad_mode(tmp_path, monkeypatch, capsys):
+    """--student_kl=reward (Algorithm 1 verbatim) runs; an unknown mode is a one-line error, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    save_checkpoint(str(tmp_path / "init.pt"),
+                    GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16)))
+    summary = D.main([f"--init={tmp_path / 'init.pt'}", "--steps=2", "--tasks=2", "--n_tasks=4", "--eval_every=2",
+                      "--eval_n=2", "--final_n=2", "--run=folded", "--student_kl=reward"])
+    assert "folded KL" in summary["method"]
+    try:
+        D.main(["--student_kl=both"])
+        raise AssertionError("expected an error")
+    except SystemExit as e:
+        assert "--student_kl must be loss or reward" in str(e)
+
