@@ -58,7 +58,7 @@ class Row:
     size: str = ""  # only for sized categories
 
     def render(self):
-        return " ".join(x for x in (self.color, self.size, str(self.price), f"st{self.stock}", self.id) if x)
+        return " ".join(x for x in (self.id, self.color, self.size, str(self.price), f"st{self.stock}") if x)
 
 
 @dataclass
@@ -70,8 +70,8 @@ class Order:
     category: str = ""
 
     def render(self):
-        items = " | ".join(f"{self.category} {r.color} {r.size} {r.price} {r.id}".replace("  ", " ")
-                           if self.category else f"{r.color} {r.price} {r.id}" for r in self.items)
+        items = " | ".join(f"{r.id} {self.category} {r.color} {r.size} {r.price}".replace("  ", " ")
+                           if self.category else f"{r.id} {r.color} {r.price}" for r in self.items)
         return f"{self.id} {self.status} paid {self.pay} : {items}"
 
 
@@ -218,7 +218,7 @@ def solve(world):
             f"say {out}"]
 
 
-ROW_RE = re.compile(r"([a-z]+) (?:(small|mid|large) )?(\d+) st(\d+) ([a-z]\d)")  # colour, size, price, stock, id
+ROW_RE = re.compile(r"([a-z]\d) ([a-z]+) (?:(small|mid|large) )?(\d+) st(\d+)")
 
 
 def _lines(transcript, tag):
@@ -246,7 +246,7 @@ def expert_act(transcript, cot=False):
             return f"search {cat}"
         if n == 3:
             return f"say {tools[2].split(' ', 1)[1]}" if tools[2].startswith("ok ") else "say none"
-        rows = [(i, c, int(p), int(s)) for c, _, p, s, i in ROW_RE.findall(tools[1])]
+        rows = [(i, c, int(p), int(s)) for i, c, _, p, s in ROW_RE.findall(tools[1])]
         notes = [f"{i} {p} st{s} {'ok' if s >= qty else 'no'}" for i, c, p, s in rows if c == color]
         ok = [(p, i) for i, c, p, s in rows if c == color and s >= qty]
         think = f"{color} qty {qty} : " + " . ".join(notes)
@@ -272,7 +272,7 @@ def expert_act(transcript, cot=False):
             return f"say {tools[2].split(' ')[1]} {tools[2].split(' ')[2]}"
         if status == "pending":
             return _with_think(f"{oid} pending cancel", f"cancel {oid}", cot)
-        listed = [(i, c, p) for c, p, i in re.findall(r"([a-z]+) (\d+) ([a-z]\d)", items)]  # (id, colour, price)
+        listed = re.findall(r"([a-z]\d) ([a-z]+) (\d+)", items)  # (id, colour, price)
         mode = words[6]
         if mode in ("priciest", "cheapest"):
             prices = [(int(p), i) for i, c, p in listed]
@@ -288,9 +288,9 @@ def expert_act(transcript, cot=False):
         return f"search {cat}"
     if n == 4:
         return f"say {tools[3].split(' ')[1]} {tools[3].split(' ')[2]}"
-    _, _, size, old_price, old_id = items.split()
+    old_id, _, _, size, old_price = items.split()
     color = words[11]
-    rows = [(i, c, z, int(p), int(s)) for c, z, p, s, i in ROW_RE.findall(tools[2])]
+    rows = [(i, c, z, int(p), int(s)) for i, c, z, p, s in ROW_RE.findall(tools[2])]
     notes = [f"{i} {z} {p} st{s} {'ok' if z == size and s >= 1 else 'no'}" for i, c, z, p, s in rows if c == color]
     p, i = min((p, i) for i, c, z, p, s in rows if c == color and z == size and s >= 1)
     diff = p - int(old_price)

@@ -153,7 +153,7 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
         tokens, shown = tokens + plain.episodes.mask.sum().item(), shown or plain
     stats["tok_s"] = tokens / (time.time() - t0)
     model.train()
-    n_total = sum(b[4] for b in batches)
+    n_total, loss = sum(b[4] for b in batches), 0.0
     for _ in range(cfg.grad_steps):
         loss = 0.0
         for teacher, student, lp_t, a, n in batches:  # each part weighted by its share of the round's agent tokens

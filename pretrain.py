@@ -12,8 +12,8 @@ learned that a PI line predicts the actions that follow — but nothing about wh
 - on `pi_frac` of them, a hindsight PI line built from the episode's *own* actions, which therefore matches what
   follows with probability `rho`; otherwise it is taken from another weak rollout of the same task. The model learns
   "the PI line predicts my next actions", never what is right. Forms full/key/tools/answer; `hint` never appears;
-- `skill_frac` skill documents over rendered rows: look up a price or a stock, list the ids of a colour (or of a
-  colour in stock), min/max, sums and differences — an LLM's general reading and arithmetic.
+- `skill_frac` skill documents over rendered rows: look up a price or a stock, list the ids of a colour, min/max,
+  sums and differences — an LLM's general reading and arithmetic.
 
 The loss is on agent tokens (and on skill answers, and on the amounts in a write's `ok …` reply, which are
 predictable from the rows): the random parts of tool replies (fresh ids, prices) would only add noise (ENV.md §11).
@@ -143,16 +143,13 @@ def skill_pieces(rng):
         r = rng.choice(rows)
         prices = [x.price for x in rng.sample(rows, min(len(rows), rng.randint(2, 4)))]
         u = rng.random()
-        if u < 0.25:
+        if u < 0.3:
             q, a = f"price {r.id}", str(r.price)
-        elif u < 0.35 and w.rows:
+        elif u < 0.45 and w.rows:
             q, a = f"stock {r.id}", str(r.stock)
-        elif u < 0.5:
+        elif u < 0.6 and w.rows:
             c = rng.choice(COLORS)
             q, a = c, " ".join(x.id for x in rows if x.color == c) or "none"
-        elif u < 0.65 and w.rows:  # the reading the decisive write needs, as a general skill (no payment, no plan)
-            c = rng.choice(COLORS)
-            q, a = f"{c} in stock", " ".join(x.id for x in rows if x.color == c and x.stock > 0) or "none"
         elif u < 0.8:
             f = rng.choice(["min", "max"])
             q, a = f"{f} " + " ".join(map(str, prices)), str(min(prices) if f == "min" else max(prices))

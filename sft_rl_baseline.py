@@ -39,14 +39,14 @@ class Config:
     sft_steps: int = 600
     sft_batch: int = 32
     sft_lr: float = 1e-3
-    rl_steps: int = 100  # GRPO rounds
+    rl_steps: int = 150  # GRPO rounds (the same 150 rounds × 16 tasks × 4 episodes as pi_distill.py and opsd.py)
     tasks: int = 16  # tasks per round
     k: int = 4  # rollouts per task
     temperature: float = 0.75
     rl_lr: float = 2e-4
     grad_steps: int = 2  # gradient steps per round on the same rollouts
     clip: float = 0.2  # ratio clip range [1 - clip, 1 + clip]
-    eval_every: int = 100  # steps (SFT) / rounds (RL) between held-out evaluations
+    eval_every: int = 50  # steps (SFT) / rounds (RL) between held-out evaluations
     eval_n: int = 200  # held-out episodes per periodic evaluation
     final_n: int = 500  # held-out episodes for the final number
     run: str = ""  # out/<run>/; default from the options
