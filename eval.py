@@ -142,23 +142,32 @@ ROW_ORDER = ["base", "SFT w/ CoT", "SFT w/o CoT", "RL", "SFT w/o CoT + RL", "SFT
 
 
 def results_table(base_success, expert, n, runs_dir="out"):
-    """Markdown: one row per method (mean ± std over its runs' held-out success, and how many seeds), in PAPER.md
-    §4's order, then any other methods found (ablations)."""
-    rows = {"base": [base_success], "expert": [expert]}
+    """Markdown: one row per method (mean ± std over its runs' held-out success, how many seeds, the teacher view's
+    success with PI where the method has one, wall-clock per run), in PAPER.md §4's order, then any other methods
+    found (ablations)."""
+    rows = {"base": [{"heldout_success": base_success}], "expert": [{"heldout_success": expert}]}
     for path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
         with open(path) as f:
             summary = json.load(f)
-        rows.setdefault(summary["method"], []).append(summary["heldout_success"])
-    lines = [f"| method | held-out success (greedy, {n} tasks) | seeds |", "|---|---|---|"]
-    for method in ROW_ORDER + sorted(set(rows) - set(ROW_ORDER)):
-        values = rows.get(method)
-        if not values:
-            lines.append(f"| {method} | not run yet | 0 |")
-            continue
+        rows.setdefault(summary["method"], []).append(summary)
+
+    def cell(values, scale=100, digits=1):
         mean = sum(values) / len(values)
         std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-        cell = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if len(values) > 1 else "")
-        lines.append(f"| {method} | {cell} | {len(values) if method not in ('base', 'expert') else '-'} |")
+        return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if len(values) > 1 else "")
+
+    lines = [f"| method | held-out success % (greedy, {n} tasks) | seeds | teacher with PI % | minutes per run |",
+             "|---|---|---|---|---|"]
+    for method in ROW_ORDER + sorted(set(rows) - set(ROW_ORDER)):
+        runs = rows.get(method)
+        if not runs:
+            lines.append(f"| {method} | not run yet | 0 | | |")
+            continue
+        teacher = [r["teacher_pi_success"] for r in runs if "teacher_pi_success" in r]
+        minutes = [r["wall_clock_s"] / 60 for r in runs if "wall_clock_s" in r]
+        seeds = "-" if method in ("base", "expert") else len(runs)
+        lines.append(f"| {method} | {cell([r['heldout_success'] for r in runs])} | {seeds} | "
+                     f"{cell(teacher) if teacher else ''} | {cell(minutes, 1, 1) if minutes else ''} |")
     return "\n".join(lines)
 
 

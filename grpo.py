@@ -21,7 +21,7 @@ def informative_groups(advantages, eps=1e-8):
     return (advantages.abs() > eps).any(dim=1)
 
 
-def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2):
+def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2, dual_clip=None):
     """The PPO clipped objective per token, as a loss to minimise, normalised by the number of agent tokens.
 
         L = −Σ_t mask_t · min(ρ_t A, clip(ρ_t, 1 − clip, 1 + clip) A) / Σ_t mask_t,   ρ_t = exp(logp_new − logp_old)
@@ -31,12 +31,18 @@ def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2):
     Where the ratio leaves the clip range on the side that would increase the objective, the min picks the
     clipped, constant term and that token sends no gradient.
 
+    With `dual_clip` = c (dual-clip PPO, Ye et al. 2020), a token with A < 0 contributes at most c·|A|: where
+    ρ_t > c it sends no gradient. On-policy ρ stays near 1 and this never binds; π-Distill's student ratio
+    π^S_θ / π^T_old is off-policy and can be huge, and without the cap a few such tokens dominate the update.
+
     Simplification: the scripts take both log-probs at the sampling temperature (logits / T), so π_old is exactly
     the distribution the sampler drew from (rollout.generate's logp) and no extra no-grad forward is needed.
     """
     ratio = torch.exp(logp_new - logp_old.detach())  # (B, T); the old policy is a constant (stop-gradient)
     adv = advantages[:, None]  # (B, 1)
     objective = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)  # (B, T)
+    if dual_clip is not None:
+        objective = torch.where(adv < 0, torch.maximum(objective, dual_clip * adv), objective)
     return -(objective * mask).sum() / mask.sum().clamp_min(1)
 
 

@@ -61,6 +61,7 @@ class Config:
     lr: float = 2e-4
     grad_steps: int = 2  # gradient steps per round
     clip: float = 0.2  # ratio clip range [1 - clip, 1 + clip]
+    dual_clip: float = 3.0  # cap of the student's off-policy ratio where A < 0 (0 = none, as in the paper)
     eval_every: int = 25
     eval_n: int = 200  # held-out episodes per periodic evaluation
     final_n: int = 500  # held-out episodes for the final numbers
@@ -86,12 +87,12 @@ class View(NamedTuple):
     keep: torch.Tensor
 
 
-def distill_loss(model, teacher, student, alpha, temperature, clip, beta=0.0, lp_t=None):
+def distill_loss(model, teacher, student, alpha, temperature, clip, beta=0.0, lp_t=None, dual_clip=None):
     """α·L_T + (1 − α)·(L_S + β·KL(sg π^T ‖ π^S)) on the teacher's episodes (Eq. 4 with Eq. 2 and Eq. 3).
 
     teacher, student: Views of the same episodes. L_T: clipped ratio π^T_θ / π^T_old (Eq. 2); L_S: clipped ratio
     π^S_θ / sg π^T_old on the same tokens (Eq. 3); each over the kept episodes' agent tokens, normalised by their
-    count. With `lp_t` (N, V), the teacher's log-softmax at every agent token of the student view (row-major order,
+    count; the student term's off-policy ratio is also capped at `dual_clip` for A < 0. With `lp_t` (N, V), the teacher's log-softmax at every agent token of the student view (row-major order,
     detached), Eq. 3's own KL term is added as a mean over those tokens, with gradient into the student only.
     Returns (loss, entropy of the last view scored)."""
     loss = 0.0
@@ -100,7 +101,8 @@ def distill_loss(model, teacher, student, alpha, temperature, clip, beta=0.0, lp
             continue
         logits, _ = model(v.ids)
         logp = token_logprobs(logits / temperature, v.ids)
-        loss = loss + weight * clipped_surrogate(logp, v.logp_old, v.adv, v.mask * v.keep[:, None], clip)
+        loss = loss + weight * clipped_surrogate(logp, v.logp_old, v.adv, v.mask * v.keep[:, None], clip,
+                                                 dual_clip if is_student else None)
         if is_student and lp_t is not None and beta > 0:
             loss = loss + weight * beta * kl_div(lp_t.detach(), vocab_logprobs(logits, v.mask)).mean()
         ent = entropy(logits.detach(), v.mask)
@@ -158,7 +160,8 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
         loss = 0.0
         for teacher, student, lp_t, a, n in batches:  # each part weighted by its share of the round's agent tokens
             if student.keep.any() or lp_t is not None:
-                term, ent = distill_loss(model, teacher, student, a, cfg.temperature, cfg.clip, cfg.beta, lp_t)
+                term, ent = distill_loss(model, teacher, student, a, cfg.temperature, cfg.clip, cfg.beta, lp_t,
+                                         cfg.dual_clip or None)
                 loss = loss + term * n / n_total
         if torch.is_tensor(loss):
             update(model, opt, loss)

@@ -77,12 +77,14 @@ def test_buy_selection_on_scripted_episodes():
 def test_results_table_from_summaries(tmp_path):
     from eval import results_table
 
-    for i, (method, success) in enumerate([("RL", 0.2), ("RL", 0.4), ("π-Distill α=0.5", 0.7), ("my ablation", 0.1)]):
+    runs = [("RL", 0.2, {}), ("RL", 0.4, {}), ("π-Distill α=0.5", 0.7, {"teacher_pi_success": 0.9, "wall_clock_s": 300}),
+            ("my ablation", 0.1, {})]
+    for i, (method, success, extra) in enumerate(runs):
         run = tmp_path / f"run{i}"
         run.mkdir()
-        (run / "summary.json").write_text(json.dumps({"method": method, "heldout_success": success}))
+        (run / "summary.json").write_text(json.dumps({"method": method, "heldout_success": success, **extra}))
     table = results_table(0.05, 1.0, 500, runs_dir=str(tmp_path)).splitlines()
-    assert table[0].startswith("| method | held-out success (greedy, 500 tasks)")
-    assert "| base | 5.0 | - |" in table and "| expert | 100.0 | - |" in table
-    assert "| RL | 30.0 ± 14.1 | 2 |" in table and "| π-Distill α=0.5 | 70.0 | 1 |" in table
-    assert "| OPSD | not run yet | 0 |" in table and table[-1] == "| my ablation | 10.0 | 1 |"
+    assert table[0].startswith("| method | held-out success % (greedy, 500 tasks)")
+    assert "| base | 5.0 | - |  |  |" in table and "| expert | 100.0 | - |  |  |" in table
+    assert "| RL | 30.0 ± 14.1 | 2 |  |  |" in table and "| π-Distill α=0.5 | 70.0 | 1 | 90.0 | 5.0 |" in table
+    assert "| OPSD | not run yet | 0 | | |" in table and table[-1] == "| my ablation | 10.0 | 1 |  |  |"

@@ -1,5 +1,7 @@
 """The GRPO pieces against hand-worked numbers and a brute-force reference; which side of the clip passes gradient."""
 
+import math
+
 import torch
 
 from grpo import clipped_surrogate, entropy, group_advantages, informative_groups
@@ -51,6 +53,20 @@ def test_which_side_of_the_clip_passes_gradient():
         if want:  # d(−ρA)/d logp = −ρA
             assert abs(g + ratios[0, t].item() * a) < 1e-6
         assert logp_old.grad is None or (logp_old.grad == 0).all()  # the old policy is a constant
+
+
+def test_dual_clip_caps_negative_advantage_tokens_only():
+    """With dual_clip = 3, a token with A < 0 and ratio 5 adds the constant 3·|A| to the loss and no gradient;
+    ratio 2 still passes ρA's gradient; positive advantages keep the usual clip; without it, ratio 5 costs 5·|A|."""
+    for ratio, a, want_loss, want_grad in ((5.0, -1.0, 3.0, False), (2.0, -1.0, 2.0, True), (5.0, 1.0, -1.2, False),
+                                           (0.5, 1.0, -0.5, True)):
+        logp_new = torch.tensor([[math.log(ratio)]], requires_grad=True)
+        loss = clipped_surrogate(logp_new, torch.zeros(1, 1), torch.tensor([a]), torch.ones(1, 1), 0.2, dual_clip=3.0)
+        loss.backward()
+        assert abs(loss.item() - want_loss) < 1e-5, (ratio, a, loss.item())
+        assert (abs(logp_new.grad.item()) > 1e-8) == want_grad, (ratio, a)
+    big = torch.tensor([[math.log(5.0)]])
+    assert abs(clipped_surrogate(big, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), 0.2).item() - 5) < 1e-5
 
 
 def test_normalised_by_agent_token_count():
