@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every run behind the README's results table, then the table itself. Hours on a 2-core CPU (each run is minutes;
+# Every run behind the README's results table, then the table itself. About 2 hours on a 2-core CPU (each run is minutes;
 # two run side by side with one thread each). Rebuild only the table: python eval.py --table=1
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,5 +20,4 @@ pair python sft_rl_baseline.py --cot=1 --rl_steps=0                # SFT w/ CoT
 python sft_rl_baseline.py --cot=0 --rl_steps=0                     # SFT w/o CoT
 wait
 python sft_rl_baseline.py --cot=0                                  # SFT w/o CoT + RL
-python pi_distill.py --pi_coverage=0                               # plain GRPO through π-Distill's script
 python eval.py --table=1
