@@ -21,6 +21,13 @@ def informative_groups(advantages, eps=1e-8):
     return (advantages.abs() > eps).any(dim=1)
 
 
+def centred_advantages(rewards, k):
+    """Episode rewards (B,) in groups of k -> (advantages (B,), keep (B,) True where the episode's group is
+    informative): group_advantages and informative_groups in the flat episode order every script uses."""
+    adv = group_advantages(rewards.view(-1, k))
+    return adv.flatten(), informative_groups(adv).repeat_interleave(k)
+
+
 def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2, dual_clip=None):
     """The PPO clipped objective per token, as a loss to minimise, normalised by the number of agent tokens.
 
@@ -54,12 +61,19 @@ def entropy(logits, mask):
     return ((ent * m).sum() / m.sum().clamp_min(1)).item()
 
 
+def trimmed(episodes, device, rows=None):
+    """ids, mask (float), logp_old (B', T') of the episodes (all, or those where the bool `rows` is True), cut to the
+    longest of them and moved to `device`. episodes: rollout.Episodes."""
+    rows = torch.ones_like(episodes.lengths, dtype=torch.bool) if rows is None else rows
+    T = int(episodes.lengths[rows].max())
+    return (episodes.ids[rows, :T].to(device), episodes.mask[rows, :T].float().to(device),
+            episodes.logp[rows, :T].to(device))
+
+
 def kept_rows(episodes, advantages, keep, device):
-    """The episodes whose group is informative, trimmed to the longest: ids, mask (float), logp_old (B', T'), and
-    their advantages (B',), on `device`. episodes: rollout.Episodes; advantages, keep: (B,)."""
-    T = int(episodes.lengths[keep].max())
-    return (episodes.ids[keep, :T].to(device), episodes.mask[keep, :T].float().to(device),
-            episodes.logp[keep, :T].to(device), advantages[keep].to(device))
+    """The episodes whose group is informative, trimmed: ids, mask (float), logp_old (B', T'), and their
+    advantages (B',), on `device`. episodes: rollout.Episodes; advantages, keep: (B,)."""
+    return (*trimmed(episodes, device, keep), advantages[keep].to(device))
 
 
 def update(model, opt, loss, max_norm=1.0):

@@ -26,7 +26,7 @@ import torch
 from config import parse_args
 from env import TEST_SEEDS
 from eval import evaluate
-from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, update
+from grpo import centred_advantages, clipped_surrogate, entropy, trimmed, update
 from model import kl_div, token_logprobs, vocab_logprobs
 from rollout import play, show_episode, teacher_view
 from run import Run, pi_tasks
@@ -70,8 +70,7 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator):
     model.eval()
     played = play(model, seeds, K, level=cfg.level, temperature=cfg.temperature, generator=generator)
     ep = played.episodes
-    T = int(ep.lengths.max())  # trim the padding every row shares
-    ids, mask, logp_old = ep.ids[:, :T].to(device), ep.mask[:, :T].float().to(device), ep.logp[:, :T].to(device)
+    ids, mask, logp_old = trimmed(ep, device)
     with_pi = torch.tensor([has_pi(s) for s in seeds]).repeat_interleave(K)  # (B,)
     kl_mask = mask * with_pi[:, None].to(device)  # the KL term only where the task has PI
     lp_t, kl_seq = None, torch.zeros(len(with_pi))
@@ -83,8 +82,7 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator):
             rows = torch.arange(len(with_pi)).repeat_interleave(kl_mask.sum(1).long().cpu())
             kl_seq = torch.zeros(len(with_pi)).index_add_(0, rows, per_token.cpu())
     reward = played.rewards - (cfg.beta * kl_seq if cfg.kl_in_reward else 0.0)
-    adv = group_advantages(reward.view(-1, K)).flatten()
-    keep = informative_groups(adv.view(-1, K)).repeat_interleave(K)
+    adv, keep = centred_advantages(reward, K)
     stats = {"success": played.rewards.mean().item(), "reward": reward.mean().item(),
              "kl": kl_seq[with_pi].mean().item() if with_pi.any() else 0.0, "zero_adv": 1 - keep.float().mean().item(),
              "len": ep.lengths.float().mean().item(), "tok_s": ep.mask.sum().item() / (time.time() - t0)}

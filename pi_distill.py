@@ -18,10 +18,11 @@ Each round (Algorithm 1), for the tasks that have PI:
 Tasks without PI (1 − pi_coverage of them) train as student-view GRPO in the same batch. With 0 < α < 1, α rises
 linearly from 0 over the first `alpha_warmup` rounds, as in the paper. No KL to the base model.
 
-Deviation, by measurement (README, "π-Distill and OPSD here: what it took"): Algorithm 1 folds β·KL_seq into one reward that both
-terms share (`--student_kl=reward` runs exactly that). Here the student's advantage is R_env − mean alone and its
-KL is Eq. 3's differentiable term. Folded, the KL *penalises the student on the teacher episodes it disagrees with
-most* — the ones it has to learn from — and a near-deterministic teacher makes most groups identical, so dropped:
+Deviation, by measurement (README, "π-Distill and OPSD here: what it took"): Algorithm 1 folds β·KL_seq into one
+reward that both terms share (`--student_kl=reward` runs exactly that). Here the student's advantage is R_env − mean
+alone and its KL is Eq. 3's differentiable term. Folded, the KL *penalises the student on the teacher episodes it
+disagrees with most* — the ones it has to learn from — and a near-deterministic teacher makes most groups identical,
+so dropped:
 the student did not learn and the run collapsed. The student's off-policy ratio π^S_θ / π^T_old is also capped
 where A < 0 (`--dual_clip`, grpo.clipped_surrogate). α = 0 still collapses here (README). Also: ratios are taken
 at the sampling temperature (grpo.clipped_surrogate's docstring says why); the KL term is at temperature 1 and uses
@@ -37,7 +38,7 @@ import torch
 from config import parse_args
 from env import TEST_SEEDS, TRAIN_SEEDS
 from eval import evaluate, kl_teacher_student
-from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, update
+from grpo import centred_advantages, clipped_surrogate, entropy, trimmed, update
 from model import kl_div, token_logprobs, vocab_logprobs
 from rollout import play, show_episode, student_view
 from run import Run, pi_tasks
@@ -93,8 +94,9 @@ def distill_loss(model, teacher, student, alpha, temperature, clip, beta=0.0, lp
 
     teacher, student: Views of the same episodes. L_T: clipped ratio π^T_θ / π^T_old (Eq. 2); L_S: clipped ratio
     π^S_θ / sg π^T_old on the same tokens (Eq. 3); each over the kept episodes' agent tokens, normalised by their
-    count; the student term's off-policy ratio is also capped at `dual_clip` for A < 0. With `lp_t` (N, V), the teacher's log-softmax at every agent token of the student view (row-major order,
-    detached), Eq. 3's own KL term is added as a mean over those tokens, with gradient into the student only.
+    count; the student term's off-policy ratio is also capped at `dual_clip` for A < 0. With `lp_t` (N, V), the
+    teacher's log-softmax at every agent token of the student view (row-major order, detached), Eq. 3's own KL term
+    is added as a mean over those tokens, with gradient into the student only.
     Returns (loss, entropy of the last view scored)."""
     loss = 0.0
     for weight, v, is_student in ((alpha, teacher, False), (1 - alpha, student, True)):
@@ -111,10 +113,8 @@ def distill_loss(model, teacher, student, alpha, temperature, clip, beta=0.0, lp
 
 
 def view(episodes, adv, keep, device):
-    """rollout.Episodes (trimmed to the longest) + advantages and kept episodes -> a View on `device`."""
-    T = int(episodes.lengths.max())
-    return View(episodes.ids[:, :T].to(device), episodes.mask[:, :T].float().to(device),
-                episodes.logp[:, :T].to(device), adv.to(device), keep.float().to(device))
+    """rollout.Episodes + advantages and kept episodes -> a View on `device` (every episode, trimmed)."""
+    return View(*trimmed(episodes, device), adv.to(device), keep.float().to(device))
 
 
 def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
@@ -128,16 +128,12 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
     model.eval()
     batches, stats, shown, tokens = [], {"alpha": alpha}, None, 0
 
-    def centred(reward):  # group-centred advantages (B,) and which episodes belong to informative groups (B,)
-        adv = group_advantages(reward.view(-1, K))
-        return adv.flatten(), informative_groups(adv).repeat_interleave(K)
-
     if pi_seeds:
         played = play(model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=cfg.temperature, generator=generator)
         kl, lp_t = kl_teacher_student(model, played, cfg.pi, with_teacher=True)  # (B,), (N, V); no gradient
         reward = played.rewards - cfg.beta * kl  # Algorithm 1: the KL folded into the teacher's reward
-        adv_t, keep_t = centred(reward)
-        adv_s, keep_s = centred(played.rewards) if cfg.student_kl == "loss" else (adv_t, keep_t)
+        adv_t, keep_t = centred_advantages(reward, K)
+        adv_s, keep_s = centred_advantages(played.rewards, K) if cfg.student_kl == "loss" else (adv_t, keep_t)
         teacher = view(played.episodes, adv_t, keep_t, device)
         student = view(student_view(played, cfg.pi), adv_s, keep_s, device)
         lp_t = lp_t if cfg.student_kl == "loss" else None
@@ -149,7 +145,7 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
         tokens, shown = tokens + played.episodes.mask.sum().item(), played
     if plain_seeds:
         plain = play(model, plain_seeds, K, level=cfg.level, temperature=cfg.temperature, generator=generator)
-        adv, keep = centred(plain.rewards)
+        adv, keep = centred_advantages(plain.rewards, K)
         own = view(plain.episodes, adv, keep, device)  # a plain GRPO task is the student term alone on its samples
         batches.append((None, own, None, 0.0, plain.episodes.mask.sum().item()))
         stats.update(student_success=plain.rewards.mean().item(), zero_adv_plain=1 - keep.float().mean().item())

@@ -22,7 +22,7 @@ import torch
 from config import parse_args
 from env import TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
 from eval import evaluate
-from grpo import clipped_surrogate, entropy, group_advantages, informative_groups, kept_rows, update
+from grpo import centred_advantages, clipped_surrogate, entropy, kept_rows, update
 from model import token_logprobs
 from pretrain import collate, encode_pieces, transcript_pieces
 from rollout import play, show_episode
@@ -74,8 +74,7 @@ def grpo_round(model, opt, cfg, seeds, generator):
     played = play(model, seeds, cfg.k, level=cfg.level, temperature=cfg.temperature, generator=generator)
     model.train()
     ep = played.episodes
-    adv = group_advantages(played.rewards.view(len(seeds), cfg.k)).flatten()  # (B,)
-    keep = informative_groups(adv.view(len(seeds), cfg.k)).repeat_interleave(cfg.k)  # (B,)
+    adv, keep = centred_advantages(played.rewards, cfg.k)  # (B,), (B,)
     stats = {"success": played.rewards.mean().item(), "zero_adv": 1 - keep.float().mean().item(),
              "len": ep.lengths.float().mean().item(), "tok_s": ep.mask.sum().item() / (time.time() - t0)}
     if keep.any():
