@@ -22,11 +22,10 @@ Deviation, by measurement (README, "π-Distill and OPSD here: what it took"): Al
 reward that both terms share (`--student_kl=reward` runs exactly that). Here the student's advantage is R_env − mean
 alone and its KL is Eq. 3's differentiable term. Folded, the KL *penalises the student on the teacher episodes it
 disagrees with most* — the ones it has to learn from — and a near-deterministic teacher makes most groups identical,
-so dropped:
-the student did not learn and the run collapsed. The student's off-policy ratio π^S_θ / π^T_old is also capped
-where A < 0 (`--dual_clip`, grpo.clipped_surrogate). α = 0 still collapses here (README). Also: ratios are taken
-at the sampling temperature (grpo.clipped_surrogate's docstring says why); the KL term is at temperature 1 and uses
-the teacher's log-probs from the round's sampling weights for all `grad_steps` steps.
+so dropped: the student did not learn and the run collapsed. The student's off-policy ratio π^S_θ / π^T_old is
+also capped where A < 0 (`--dual_clip`, grpo.clipped_surrogate). α = 0 still collapses here (README). Also: ratios
+are taken at the sampling temperature (grpo.clipped_surrogate's docstring says why); the KL term is at temperature 1
+and uses the teacher's log-probs from the round's sampling weights for all `grad_steps` steps.
 """
 
 import time
