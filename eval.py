@@ -9,6 +9,8 @@ What it prints (PAPER.md §6-7):
   error rate — every score this project reports is this one;
 - with --pi: on training seeds, the teacher view's success per PI form, the PI utility Δ = teacher − student, and the
   initial divergence KL(π^T ‖ π^S) per episode (full-vocabulary, summed over the teacher's sampled agent tokens);
+- the model's reading: skill questions after a rendered table (a price or stock by id, the ids of a colour, min/max,
+  a sum), the skills the task is built from (pretrain.reading);
 - the scripted expert and a random agent on the same held-out seeds: ceiling and floor.
 """
 
@@ -183,6 +185,8 @@ def write_table_into_readme(table, path="README.md"):
 
 
 def main(argv=None):
+    from pretrain import ensure_base, reading  # pretrain.py imports this file, so import it only here
+
     cfg = parse_args(EvalConfig(), argv)
     if cfg.level not in LEVELS:
         sys.exit(f"error: unknown level {cfg.level!r}; valid: {', '.join(LEVELS)}")
@@ -193,8 +197,6 @@ def main(argv=None):
     try:
         make(cfg.env)
         if not cfg.ckpt:
-            from pretrain import ensure_base  # pretrain.py imports this file; import it only when needed
-
             cfg.ckpt = ensure_base(cfg.env)
         model, _ = load_checkpoint(cfg.ckpt, pick_device(cfg.device))
     except (ValueError, CheckpointError) as e:
@@ -227,6 +229,9 @@ def main(argv=None):
             res[f"teacher_{form}"], res[f"delta_{form}"], res[f"kl_{form}"] = r["success"], r["success"] - base, r["kl"]
             print(f"teacher {form:6s} success {r['success']:.3f} | Δ {r['success'] - base:+.3f} | "
                   f"KL(T‖S) {r['kl']:.2f} nats/episode | protocol errors {r['protocol_errors']:.3f}")
+    res["reading"] = {k: round(v, 3) for k, v in reading(model).items()}
+    print("reading (skill questions after a rendered table, greedy exact match, 200 each): "
+          + " | ".join(f"{k} {v:.3f}" for k, v in res["reading"].items()))
     res["expert"] = scripted_success(test, cfg.level, "expert")
     res["random"] = scripted_success(test, cfg.level, "random")
     print(f"expert {res['expert']:.3f} | random agent {res['random']:.3f}")

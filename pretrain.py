@@ -133,32 +133,70 @@ def transcript_pieces(history, pi=None, reply_loss=False):
     return pieces
 
 
-def skill_pieces(rng):
-    """A skill document: a rendered search reply, then questions whose answers carry the loss."""
+SKILLS = ["price", "stock", "colour", "minmax", "calc"]  # the skill questions, in skill_pieces' order
+
+
+def skill_table(rng):
+    """A skill document's table: a fresh L2 world's search reply, or its order -> (rows, text, has stock column)."""
     w = build_world(rng.randrange(PRETRAIN_SEED0, 2 * PRETRAIN_SEED0), "L2")
     rows = w.rows or w.orders[w.order_id].items
-    pieces = [("<|sys|> skill\n", False), ("<|tool|> " + (" | ".join(r.render() for r in rows) if w.rows else
-                                                        w.orders[w.order_id].render()) + "\n", False)]
+    text = "<|tool|> " + (" | ".join(r.render() for r in rows) if w.rows else w.orders[w.order_id].render())
+    return rows, text, bool(w.rows)
+
+
+def skill_question(rng, rows, has_stock=True, kind=None):
+    """One question about `rows` and its answer: (question, answer). `kind` (one of SKILLS) or, when None, drawn at
+    the corpus's rates (price 30%, stock 15%, ids of a colour 15%, min/max 20%, a sum or difference 20%); on a
+    table without stock (order items), stock and colour questions fall through to min/max. Asked for by `kind`, a
+    colour question names a colour present in the table (the corpus's random colour is often absent: `none`)."""
+    r = rng.choice(rows)
+    prices = [x.price for x in rng.sample(rows, min(len(rows), rng.randint(2, 4)))]
+    u = rng.random() if kind is None else {"price": 0.0, "stock": 0.3, "colour": 0.45, "minmax": 0.6, "calc": 0.8}[kind]
+    if u < 0.3:
+        return f"price {r.id}", str(r.price)
+    if u < 0.45 and has_stock:
+        return f"stock {r.id}", str(r.stock)
+    if u < 0.6 and has_stock:
+        c = rng.choice(COLORS) if kind is None else r.color
+        return c, " ".join(x.id for x in rows if x.color == c) or "none"
+    if u < 0.8:
+        f = rng.choice(["min", "max"])
+        return f"{f} " + " ".join(map(str, prices)), str(min(prices) if f == "min" else max(prices))
+    n = rng.randint(2, 3) if rng.random() < 0.5 else 1
+    if n > 1:
+        return f"calc {' + '.join([str(r.price)] * n)}", str(r.price * n)
+    return f"calc {prices[0]} - {prices[1]}", str(prices[0] - prices[1])
+
+
+def skill_pieces(rng):
+    """A skill document: a rendered table, then four questions whose answers carry the loss."""
+    rows, table, has_stock = skill_table(rng)
+    pieces = [("<|sys|> skill\n", False), (table + "\n", False)]
     for _ in range(4):
-        r = rng.choice(rows)
-        prices = [x.price for x in rng.sample(rows, min(len(rows), rng.randint(2, 4)))]
-        u = rng.random()
-        if u < 0.3:
-            q, a = f"price {r.id}", str(r.price)
-        elif u < 0.45 and w.rows:
-            q, a = f"stock {r.id}", str(r.stock)
-        elif u < 0.6 and w.rows:
-            c = rng.choice(COLORS)
-            q, a = c, " ".join(x.id for x in rows if x.color == c) or "none"
-        elif u < 0.8:
-            f = rng.choice(["min", "max"])
-            q, a = f"{f} " + " ".join(map(str, prices)), str(min(prices) if f == "min" else max(prices))
-        else:
-            n = rng.randint(2, 3) if rng.random() < 0.5 else 1
-            q, a = (f"calc {' + '.join([str(r.price)] * n)}", str(r.price * n)) if n > 1 else (
-                f"calc {prices[0]} - {prices[1]}", str(prices[0] - prices[1]))
+        q, a = skill_question(rng, rows, has_stock)
         pieces += [(f"<|user|> {q}\n<|agent|>", False), (f" {a}\n", True)]
     return pieces
+
+
+@torch.no_grad()
+def reading(model, n=200, seed=0):
+    """The base model's reading, measured: per skill kind, the share of n one-question documents whose answer it
+    gets exactly right greedily. Scored in one teacher-forced pass (greedy decoding writes the answer iff every
+    answer token, its newline included, is the argmax given the right prefix), so it costs a forward per kind."""
+    device, rng, out = next(model.parameters()).device, random.Random(seed), {}
+    for kind in SKILLS:
+        docs = []
+        while len(docs) < n:
+            rows, table, has_stock = skill_table(rng)
+            if has_stock or kind not in ("stock", "colour"):  # those two need a catalogue
+                q, a = skill_question(rng, rows, has_stock, kind)
+                docs.append(encode_pieces([("<|sys|> skill\n", False), (table + "\n", False),
+                                           (f"<|user|> {q}\n<|agent|>", False), (f" {a}\n", True)]))
+        x, y = collate(docs, device)
+        logits, _ = model(x)
+        scored = y != IGNORE_INDEX
+        out[kind] = ((logits.argmax(-1) == y) | ~scored).all(1).float().mean().item()
+    return out
 
 
 def encode_pieces(pieces):
@@ -254,6 +292,7 @@ def main(argv=None):
         if step % cfg.eval_every == 0 or step == total:
             model.eval()
             calib = calibration(model, cfg)
+            calib.update({f"read_{k}": v for k, v in reading(model).items()})
             model.train()
             row = {"step": step, "loss": round(loss.item(), 4), "minutes": round(elapsed / 60, 1),
                    "tok_s": round(tokens / elapsed), **{k: round(v, 3) for k, v in calib.items()}}

@@ -76,3 +76,29 @@ def test_pretrain_smoke(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(out)
     log = [json.loads(line) for line in open(tmp_path / "toy_shop.log.jsonl")]
     assert log[-1]["step"] == 3 and {"student", "full", "key"} <= set(log[-1])
+
+
+def test_reading_score_equals_greedy_decoding():
+    """reading() scores in one teacher-forced pass; a plain greedy loop, token by token, must agree doc by doc."""
+    model, _ = load_checkpoint(P.BASE_PATH.format(env="toy_shop"))  # the shipped base: right on some, wrong on others
+    model.eval()
+    rng, right = random.Random(7), 0
+    newline = tk.encode("\n")[0]
+    for kind in P.SKILLS:
+        for _ in range(12):
+            rows, table, has_stock = P.skill_table(rng)
+            if not has_stock:
+                continue
+            q, a = P.skill_question(rng, rows, has_stock, kind)
+            prompt = tk.encode(f"<|sys|> skill\n{table}\n<|user|> {q}\n<|agent|>")
+            ids = list(prompt)
+            with torch.no_grad():
+                while ids[-1] != newline and len(ids) < len(prompt) + 12:
+                    ids.append(model(torch.tensor([ids]))[0][0, -1].argmax().item())
+            greedy_right = tk.decode(ids[len(prompt):]) == f" {a}\n"
+            x, y = P.collate([P.encode_pieces([(tk.decode(prompt), False), (f" {a}\n", True)])], "cpu")
+            with torch.no_grad():
+                tf_right = ((model(x)[0].argmax(-1) == y) | (y == IGNORE_INDEX)).all().item()
+            assert greedy_right == tf_right, (kind, q, a, tk.decode(ids[len(prompt):]))
+            right += greedy_right
+    assert 0 < right < 60  # both outcomes occur, so the agreement means something
