@@ -3,6 +3,7 @@
     python eval.py --env=toy_shop                      # the cached base model (pretrained first if absent)
     python eval.py --ckpt=out/run/ckpt.pt --pi=all     # + per PI form on training seeds: teacher success, Δ, KL
     python eval.py --pi=all --json=1                   # last line: one JSON object with every number
+    python eval.py --curves="out/curve_*"              # held-out success vs step of those runs (markdown)
 
 What it prints (PAPER.md §6-7):
 - the student view (no PI) on held-out seeds, greedy and sampled at the algorithms' temperature, with its protocol
@@ -44,6 +45,7 @@ class EvalConfig:
     device: str = "auto"
     json: bool = False  # print the results as one JSON object on the last line
     table: bool = False  # gather out/*/summary.json into the results table (and write it into README.md)
+    curves: str = ""  # a glob of run folders, e.g. "out/curve_*": print their learning curves as a markdown table
 
 
 @torch.no_grad()
@@ -173,6 +175,37 @@ def results_table(base_success, expert, n, runs_dir="out"):
     return "\n".join(lines)
 
 
+def learning_curves(pattern):
+    """Markdown: held-out success % against the step at which it was measured, one row per run folder matching the
+    glob `pattern` (from its log.jsonl; SFT and RL steps are numbered apart, `sft 400` / `rl 150`), and the final
+    number from summary.json (more tasks)."""
+    runs = {}
+    for folder in sorted(glob.glob(pattern)):
+        try:
+            with open(os.path.join(folder, "log.jsonl")) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        except OSError:
+            continue
+        points = {f"{r['phase']} {r['step']}": r["heldout_success"] for r in rows if "heldout_success" in r}
+        final = os.path.join(folder, "summary.json")
+        if os.path.isfile(final):
+            with open(final) as f:
+                points["final"] = json.load(f)["heldout_success"]
+        runs[os.path.basename(folder)] = points
+    if not runs:
+        raise SystemExit(f"error: no run folder with a log.jsonl matches {pattern!r}")
+    columns = []
+    for points in runs.values():
+        columns += [c for c in points if c not in columns and c != "final"]
+    columns.sort(key=lambda c: (c.split()[0] != "sft", int(c.split()[1])))
+    columns.append("final")
+    lines = ["| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, points in runs.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * points[c]:.1f}" if c in points else "" for c in columns)
+                     + " |")
+    return "\n".join(lines)
+
+
 def write_table_into_readme(table, path="README.md"):
     """Replace what stands between <!-- results table --> and <!-- /results table --> in the README."""
     with open(path) as f:
@@ -188,6 +221,9 @@ def main(argv=None):
     from pretrain import ensure_base, reading  # pretrain.py imports this file, so import it only here
 
     cfg = parse_args(EvalConfig(), argv)
+    if cfg.curves:
+        print(learning_curves(cfg.curves))
+        return
     if cfg.level not in LEVELS:
         sys.exit(f"error: unknown level {cfg.level!r}; valid: {', '.join(LEVELS)}")
     forms = PI_FORMS if cfg.pi == "all" else [f for f in cfg.pi.split(",") if f]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import tokenizer as tk
@@ -88,3 +89,20 @@ def test_results_table_from_summaries(tmp_path):
     assert "| base | 5.0 | - |  |  |" in table and "| expert | 100.0 | - |  |  |" in table
     assert "| RL | 30.0 ± 14.1 | 2 |  |  |" in table and "| π-Distill α=0.5 | 70.0 | 1 | 90.0 | 5.0 |" in table
     assert "| OPSD | not run yet | 0 | | |" in table and table[-1] == "| my ablation | 10.0 | 1 |  |  |"
+
+
+def test_learning_curves_from_logs(tmp_path):
+    from eval import learning_curves
+
+    logs = {"a": [("sft", 100, 0.2), ("sft", 200, 0.3), ("rl", 50, 0.5)], "b": [("sft", 200, 0.4)]}
+    for name, points in logs.items():
+        (tmp_path / name).mkdir()
+        rows = [{"phase": p, "step": s, "heldout_success": v, "loss": 1.0} for p, s, v in points]
+        rows.insert(1, {"phase": "sft", "step": 150, "loss": 0.5})  # a line without an evaluation
+        (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"heldout_success": 0.55}))
+    table = learning_curves(str(tmp_path / "*")).splitlines()
+    assert table[0] == "| run | sft 100 | sft 200 | rl 50 | final |"
+    assert table[2:] == ["| a | 20.0 | 30.0 | 50.0 | 55.0 |", "| b |  | 40.0 |  |  |"]
+    with pytest.raises(SystemExit, match="no run folder"):
+        learning_curves(str(tmp_path / "nothing*"))
