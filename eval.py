@@ -46,6 +46,7 @@ class EvalConfig:
     json: bool = False  # print the results as one JSON object on the last line
     table: bool = False  # gather out/*/summary.json into the results table (and write it into README.md)
     curves: str = ""  # a glob of run folders, e.g. "out/curve_*": print their learning curves as a markdown table
+    readme: bool = False  # with --curves: also write the table between README.md's <!-- curves --> markers
 
 
 @torch.no_grad()
@@ -206,11 +207,11 @@ def learning_curves(pattern):
     return "\n".join(lines)
 
 
-def write_table_into_readme(table, path="README.md"):
-    """Replace what stands between <!-- results table --> and <!-- /results table --> in the README."""
+def write_table_into_readme(table, path="README.md", marker="results table"):
+    """Replace what stands between <!-- {marker} --> and <!-- /{marker} --> in the README."""
     with open(path) as f:
         text = f.read()
-    start, end = "<!-- results table -->", "<!-- /results table -->"
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
     if start in text and end in text:
         head, rest = text.split(start, 1)
         with open(path, "w") as f:
@@ -222,8 +223,11 @@ def main(argv=None):
 
     cfg = parse_args(EvalConfig(), argv)
     if cfg.curves:
-        print(learning_curves(cfg.curves))
-        return
+        curves = learning_curves(cfg.curves)
+        if cfg.readme:
+            write_table_into_readme(curves, marker="curves")
+        print(curves)
+        return curves
     if cfg.level not in LEVELS:
         sys.exit(f"error: unknown level {cfg.level!r}; valid: {', '.join(LEVELS)}")
     forms = PI_FORMS if cfg.pi == "all" else [f for f in cfg.pi.split(",") if f]

@@ -209,6 +209,8 @@ def main(argv=None):
         method += " (Algorithm 1's folded KL)"
     if cfg.pi_coverage > 0 and (cfg.pi != "full" or cfg.beta != 0.25 or cfg.pi_coverage < 1):
         method += f" ({cfg.pi}, β={cfg.beta:g}, coverage {cfg.pi_coverage:g})"
+    if cfg.steps != Config.steps:  # a row of its own in the results table, not pooled with the default budget
+        method += f" ({cfg.steps} rounds)"
     return run.finish(method, heldout_success=final["heldout_success"], teacher_pi_success=final["teacher_pi_success"],
                       n=cfg.final_n)
 

@@ -40,6 +40,7 @@ def test_three_steps_of_each_phase_and_resume(tmp_path, monkeypatch, capsys):
             "--eval_every=3", "--eval_n=4", "--final_n=4", "--cot=1", "--run=smoke", "--sft_lr=1e-2"]
     summary = S.main(args)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
+    assert summary["method"] == "SFT w/ CoT + RL (n_expert 16, sft_steps 3, rl_steps 3)"  # not pooled with defaults
     log = [json.loads(line) for line in open(tmp_path / "out" / "smoke" / "log.jsonl")]
     assert [r["phase"] for r in log if "heldout_success" in r] == ["sft", "rl"]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
