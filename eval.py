@@ -3,7 +3,8 @@
     python eval.py --env=toy_shop                      # the cached base model (pretrained first if absent)
     python eval.py --ckpt=out/run/ckpt.pt --pi=all     # + per PI form on training seeds: teacher success, Δ, KL
     python eval.py --pi=all --json=1                   # last line: one JSON object with every number
-    python eval.py --curves="out/curve_*"              # held-out success vs step of those runs (markdown)
+    python eval.py --curves="out/curve_*"              # held-out success vs step of those runs (markdown);
+                                                       # --readme=NAME writes it between <!-- NAME --> markers
 
 What it prints (PAPER.md §6-7):
 - the student view (no PI) on held-out seeds, greedy and sampled at the algorithms' temperature, with its protocol
@@ -46,7 +47,7 @@ class EvalConfig:
     json: bool = False  # print the results as one JSON object on the last line
     table: bool = False  # gather out/*/summary.json into the results table (and write it into README.md)
     curves: str = ""  # a glob of run folders, e.g. "out/curve_*": print their learning curves as a markdown table
-    readme: bool = False  # with --curves: also write the table between README.md's <!-- curves --> markers
+    readme: str = ""  # with --curves: also write the table between README.md's <!-- NAME --> <!-- /NAME --> markers
 
 
 @torch.no_grad()
@@ -212,10 +213,11 @@ def write_table_into_readme(table, path="README.md", marker="results table"):
     with open(path) as f:
         text = f.read()
     start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        with open(path, "w") as f:
-            f.write(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    if start not in text or end not in text:
+        raise SystemExit(f"error: {path} has no {start} ... {end} block to write into")
+    head, rest = text.split(start, 1)
+    with open(path, "w") as f:
+        f.write(head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
 
 
 def main(argv=None):
@@ -225,7 +227,7 @@ def main(argv=None):
     if cfg.curves:
         curves = learning_curves(cfg.curves)
         if cfg.readme:
-            write_table_into_readme(curves, marker="curves")
+            write_table_into_readme(curves, marker=cfg.readme)
         print(curves)
         return curves
     if cfg.level not in LEVELS:

@@ -106,3 +106,14 @@ def test_learning_curves_from_logs(tmp_path):
     assert table[2:] == ["| a | 20.0 | 30.0 | 50.0 | 55.0 |", "| b |  | 40.0 |  |  |"]
     with pytest.raises(SystemExit, match="no run folder"):
         learning_curves(str(tmp_path / "nothing*"))
+
+
+def test_tables_go_between_their_readme_markers(tmp_path):
+    from eval import write_table_into_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- sft curves -->\nold\n<!-- /sft curves -->\nrest\n")
+    write_table_into_readme("| a |", str(readme), marker="sft curves")
+    assert readme.read_text() == "intro\n<!-- sft curves -->\n| a |\n<!-- /sft curves -->\nrest\n"
+    with pytest.raises(SystemExit, match="no <!-- results table -->"):
+        write_table_into_readme("| a |", str(readme))
