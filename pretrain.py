@@ -14,6 +14,8 @@ learned that a PI line predicts the actions that follow — but nothing about wh
   "the PI line predicts my next actions", never what is right. Forms full/key/tools/answer; `hint` never appears;
 - `skill_frac` skill documents over rendered rows: look up a price or a stock, list the ids of a colour, min/max,
   sums and differences — an LLM's general reading and arithmetic.
+  Every check logs `reading` (per kind of question, greedy exact match on fresh documents) beside the
+  calibration: the shipped base does min/max and sums, but not the lookup of a row by its colour (README).
 
 The loss is on agent tokens (and on skill answers, and on the amounts in a write's `ok …` reply, which are
 predictable from the rows): the random parts of tool replies (fresh ids, prices) would only add noise (ENV.md §11).

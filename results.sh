@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Every run behind the README's results table, then the table itself. About 2 hours on a 2-core CPU (each run is minutes;
-# two run side by side with one thread each). Rebuild only the table: python eval.py --table=1
+# Every run behind the README's results table, then the table itself (about 2 hours on a 2-core CPU: each run is
+# minutes, two run side by side with one thread each; rebuild only the table: python eval.py --table=1), then the
+# README's learning curves: SFT for 500 / 2,000 / 8,000 expert episodes with and without CoT, and π-Distill at 300
+# rounds (about 1 more hour).
 set -euo pipefail
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=1
@@ -21,3 +23,15 @@ python sft_rl_baseline.py --cot=0 --rl_steps=0                     # SFT w/o CoT
 wait
 python sft_rl_baseline.py --cot=0                                  # SFT w/o CoT + RL
 python eval.py --table=1
+
+for n in 500 2000 8000; do                                         # SFT learning curves (README: the base model)
+  pair python sft_rl_baseline.py --cot=0 --n_expert=$n --sft_steps=800 --rl_steps=0 --eval_every=100 --run=curve_n${n}_cot0
+  python sft_rl_baseline.py --cot=1 --n_expert=$n --sft_steps=800 --rl_steps=0 --eval_every=100 --run=curve_n${n}_cot1
+  wait
+done
+python eval.py --curves="out/curve_*" --readme="sft curves"
+pair python pi_distill.py --steps=300 --seed=0 --run=pid_300_s0    # π-Distill, twice the default budget
+python pi_distill.py --steps=300 --seed=1 --run=pid_300_s1
+wait
+python pi_distill.py --steps=300 --seed=2 --run=pid_300_s2
+python eval.py --curves="out/pid_300_*" --readme="pi-distill 300 rounds"

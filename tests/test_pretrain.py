@@ -75,7 +75,7 @@ def test_pretrain_smoke(tmp_path, capsys):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(out)
     log = [json.loads(line) for line in open(tmp_path / "toy_shop.log.jsonl")]
-    assert log[-1]["step"] == 3 and {"student", "full", "key"} <= set(log[-1])
+    assert log[-1]["step"] == 3 and {"student", "full", "key", "read_colour", "read_price"} <= set(log[-1])
 
 
 def test_reading_score_equals_greedy_decoding():
