@@ -22,10 +22,11 @@ Deviation, by measurement (README, "π-Distill and OPSD here: what it took"): Al
 reward that both terms share (`--student_kl=reward` runs exactly that). Here the student's advantage is R_env − mean
 alone and its KL is Eq. 3's differentiable term. Folded, the KL *penalises the student on the teacher episodes it
 disagrees with most* — the ones it has to learn from — and a near-deterministic teacher makes most groups identical,
-so dropped: the student did not learn and the run collapsed. The student's off-policy ratio π^S_θ / π^T_old is
-also capped where A < 0 (`--dual_clip`, grpo.clipped_surrogate). α = 0 still collapses here (README). Also: ratios
-are taken at the sampling temperature (grpo.clipped_surrogate's docstring says why); the KL term is at temperature 1
-and uses the teacher's log-probs from the round's sampling weights for all `grad_steps` steps.
+so dropped: the student did not learn and the run collapsed. `--beta_student` weighs the student's KL term apart
+from the β in the teacher's reward (an ablation; by default both are β). The student's off-policy ratio π^S_θ /
+π^T_old is also capped where A < 0 (`--dual_clip`, grpo.clipped_surrogate). α = 0 still collapses here (README).
+Also: ratios are taken at the sampling temperature (grpo.clipped_surrogate's docstring says why); the KL term is at
+temperature 1 and uses the teacher's log-probs from the round's sampling weights for all `grad_steps` steps.
 """
 
 import time
@@ -55,6 +56,7 @@ class Config:
     alpha_warmup: int = 20  # rounds of the linear rise of α from 0 (only for 0 < α < 1)
     beta: float = 0.25  # weight of the KL between the views: in the teacher's reward, and in the student's loss
     student_kl: str = "loss"  # loss: Eq. 3's KL term in the student loss, R alone in its advantage; reward: Alg. 1
+    beta_student: float = -1.0  # with student_kl=loss: the student KL term's weight apart from β (< 0: β itself)
     steps: int = 150  # sampling rounds
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task
@@ -152,11 +154,12 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
     stats["tok_s"] = tokens / (time.time() - t0)
     model.train()
     n_total, loss = sum(b[4] for b in batches), 0.0
+    beta_s = cfg.beta if cfg.beta_student < 0 else cfg.beta_student  # Eq. 3's KL weight (β unless set apart)
     for _ in range(cfg.grad_steps):
         loss = 0.0
         for teacher, student, lp_t, a, n in batches:  # each part weighted by its share of the round's agent tokens
             if student.keep.any() or lp_t is not None:
-                term, ent = distill_loss(model, teacher, student, a, cfg.temperature, cfg.clip, cfg.beta, lp_t,
+                term, ent = distill_loss(model, teacher, student, a, cfg.temperature, cfg.clip, beta_s, lp_t,
                                          cfg.dual_clip or None)
                 loss = loss + term * n / n_total
         if torch.is_tensor(loss):
@@ -174,6 +177,7 @@ def main(argv=None):
         raise SystemExit(f"error: --student_kl must be loss or reward, got {cfg.student_kl!r}")
     pool, with_pi = pi_tasks(cfg)
     cfg.run = cfg.run or (f"pi_distill_{cfg.pi}_a{cfg.alpha}_b{cfg.beta}_c{cfg.pi_coverage}"
+                          f"{f'_bs{cfg.beta_student}' if cfg.beta_student >= 0 else ''}"
                           f"{'_r' if cfg.student_kl == 'reward' else ''}_s{cfg.seed}")
     run = Run(cfg, cfg.run)
     model, ckpt = run.load_model()
@@ -209,6 +213,8 @@ def main(argv=None):
         method += " (Algorithm 1's folded KL)"
     if cfg.pi_coverage > 0 and (cfg.pi != "full" or cfg.beta != 0.25 or cfg.pi_coverage < 1):
         method += f" ({cfg.pi}, β={cfg.beta:g}, coverage {cfg.pi_coverage:g})"
+    if cfg.pi_coverage > 0 and cfg.beta_student >= 0:
+        method += f" (student KL weight {cfg.beta_student:g})"
     if cfg.steps != Config.steps:  # a row of its own in the results table, not pooled with the default budget
         method += f" ({cfg.steps} rounds)"
     return run.finish(method, heldout_success=final["heldout_success"], teacher_pi_success=final["teacher_pi_success"],
