@@ -2,6 +2,8 @@
 
     python pretrain.py                     # ~55 min on a 2-core CPU; writes base/toy_shop.pt (shipped in the repo)
     python pretrain.py --minutes=5         # a shorter run, e.g. to try a corpus knob
+    python pretrain.py --init=base/toy_shop.pt --skill_frac=1 --steps=2000 --lr=1e-3 --out=out/skills.pt
+                                           # continue the base on skill documents alone: does the lookup form?
 
 It stands in for the pretrained LLM the paper starts from: it knows the protocol, can read a tool reply, and has
 learned that a PI line predicts the actions that follow — but nothing about which answer is right. The corpus:
@@ -38,7 +40,7 @@ from config import parse_args
 from eval import evaluate
 from grpo import update
 from env import COLORS, PRETRAIN_SEED0, SYS_LINE, TRAIN_SEEDS, build_world, make, pi_line, pi_text
-from model import GPT, IGNORE_INDEX, GPTConfig, pick_device, save_checkpoint
+from model import GPT, IGNORE_INDEX, CheckpointError, GPTConfig, load_checkpoint, pick_device, save_checkpoint
 
 BASE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "base", "{env}.pt")
 
@@ -61,6 +63,7 @@ class PretrainConfig:
     eval_episodes: int = 128
     temperature: float = 0.75  # the algorithms' sampling temperature
     out: str = ""  # checkpoint path; default base/<env>.pt
+    init: str = ""  # continue from this checkpoint (its size; --model is ignored) instead of from scratch; needs --out
     device: str = "auto"
     seed: int = 0
 
@@ -257,19 +260,27 @@ def calibration(model, cfg, n=None, seed=0):
 
 def main(argv=None):
     cfg = parse_args(PretrainConfig(), argv)
+    if cfg.init and not cfg.out:
+        raise SystemExit("error: --init needs --out (the default, base/<env>.pt, is the shipped base model)")
     out = cfg.out or BASE_PATH.format(env=cfg.env)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     env = make(cfg.env, cfg.level)
-    model = GPT(GPTConfig.preset(cfg.model, vocab_size=tk.get_tokenizer().n_vocab, block_size=512)).to(device)
+    if cfg.init:
+        try:
+            model, _ = load_checkpoint(cfg.init, device)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}") from None
+    else:
+        model = GPT(GPTConfig.preset(cfg.model, vocab_size=tk.get_tokenizer().n_vocab, block_size=512)).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
                             lr=cfg.lr, betas=(0.9, 0.95))
     print(f"pretraining the {cfg.env} base model ({model.num_params() / 1e6:.2f}M params) on {device} -> {out}")
     print(json.dumps(asdict(cfg)))
-    log_path = os.path.join(os.path.dirname(out), f"{cfg.env}.log.jsonl")
+    log_path = os.path.splitext(out)[0] + ".log.jsonl"  # base/toy_shop.pt -> base/toy_shop.log.jsonl
     os.makedirs(os.path.dirname(out), exist_ok=True)
     log = open(log_path, "w")
 

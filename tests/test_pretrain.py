@@ -4,6 +4,7 @@ the student's target level; and a 3-step pretraining smoke run."""
 import json
 import random
 
+import pytest
 import torch
 
 import pretrain as P
@@ -74,8 +75,15 @@ def test_pretrain_smoke(tmp_path, capsys):
     assert model.config.vocab_size == tk.get_tokenizer().n_vocab
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"] == str(out)
-    log = [json.loads(line) for line in open(tmp_path / "toy_shop.log.jsonl")]
+    log = [json.loads(line) for line in open(tmp_path / "base.log.jsonl")]
     assert log[-1]["step"] == 3 and {"student", "full", "key", "read_colour", "read_price"} <= set(log[-1])
+    # --init continues a checkpoint; without --out it would overwrite the shipped base, so it is refused
+    more = P.main(["--steps=1", "--batch_size=4", "--eval_every=1", "--eval_episodes=2", f"--init={out}",
+                   f"--out={tmp_path / 'more.pt'}", "--warmup=1"])
+    assert more["steps"] == 1 and (tmp_path / "more.log.jsonl").exists()
+    for bad, message in ((f"--init={out}", "needs --out"), (f"--init={tmp_path / 'nope.pt'}", "no checkpoint")):
+        with pytest.raises(SystemExit, match=message):
+            P.main([bad, f"--out={tmp_path / 'x.pt'}"] if "nope" in bad else [bad])
 
 
 def test_reading_score_equals_greedy_decoding():
