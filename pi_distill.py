@@ -215,6 +215,8 @@ def main(argv=None):
         method += f" ({cfg.pi}, β={cfg.beta:g}, coverage {cfg.pi_coverage:g})"
     if cfg.pi_coverage > 0 and cfg.beta_student >= 0:
         method += f" (student KL weight {cfg.beta_student:g})"
+    if 0 < cfg.alpha < 1 and cfg.alpha_warmup != Config.alpha_warmup:
+        method += f" (α warm-up {cfg.alpha_warmup})"
     if cfg.steps != Config.steps:  # a row of its own in the results table, not pooled with the default budget
         method += f" ({cfg.steps} rounds)"
     return run.finish(method, heldout_success=final["heldout_success"], teacher_pi_success=final["teacher_pi_success"],

@@ -132,8 +132,9 @@ def test_folded_kl_smoke_and_a_bad_mode(tmp_path, monkeypatch, capsys):
                       "--eval_n=2", "--final_n=2", "--run=folded", "--student_kl=reward"])
     assert "folded KL" in summary["method"]
     apart = D.main([f"--init={tmp_path / 'init.pt'}", "--steps=1", "--tasks=2", "--n_tasks=4", "--eval_every=1",
-                    "--eval_n=2", "--final_n=2", "--beta_student=1"])
-    assert apart["method"].endswith("(student KL weight 1) (1 rounds)") and "_bs1.0_" in apart["checkpoint"]
+                    "--eval_n=2", "--final_n=2", "--beta_student=1", "--alpha_warmup=5"])
+    assert apart["method"].endswith("(student KL weight 1) (α warm-up 5) (1 rounds)")
+    assert "_bs1.0_" in apart["checkpoint"]
     try:
         D.main(["--student_kl=both"])
         raise AssertionError("expected an error")
