@@ -224,6 +224,8 @@ def main(argv=None):
     from pretrain import ensure_base, reading  # pretrain.py imports this file, so import it only here
 
     cfg = parse_args(EvalConfig(), argv)
+    if cfg.readme and not cfg.curves:
+        sys.exit("error: --readme names where to write --curves' table; give --curves too")
     if cfg.curves:
         curves = learning_curves(cfg.curves)
         if cfg.readme:

@@ -173,14 +173,18 @@ def skill_question(rng, rows, has_stock=True, kind=None):
     return f"calc {prices[0]} - {prices[1]}", str(prices[0] - prices[1])
 
 
-def skill_pieces(rng):
-    """A skill document: a rendered table, then four questions whose answers carry the loss."""
-    rows, table, has_stock = skill_table(rng)
+def skill_doc(table, questions):
+    """A skill document as [(text, has_loss)]: the table, then each (question, answer); the answers carry the loss."""
     pieces = [("<|sys|> skill\n", False), (table + "\n", False)]
-    for _ in range(4):
-        q, a = skill_question(rng, rows, has_stock)
+    for q, a in questions:
         pieces += [(f"<|user|> {q}\n<|agent|>", False), (f" {a}\n", True)]
     return pieces
+
+
+def skill_pieces(rng):
+    """A corpus skill document: a fresh table and four questions drawn at the corpus's rates."""
+    rows, table, has_stock = skill_table(rng)
+    return skill_doc(table, [skill_question(rng, rows, has_stock) for _ in range(4)])
 
 
 @torch.no_grad()
@@ -194,9 +198,7 @@ def reading(model, n=200, seed=0):
         while len(docs) < n:
             rows, table, has_stock = skill_table(rng)
             if has_stock or kind not in ("stock", "colour"):  # those two need a catalogue
-                q, a = skill_question(rng, rows, has_stock, kind)
-                docs.append(encode_pieces([("<|sys|> skill\n", False), (table + "\n", False),
-                                           (f"<|user|> {q}\n<|agent|>", False), (f" {a}\n", True)]))
+                docs.append(encode_pieces(skill_doc(table, [skill_question(rng, rows, has_stock, kind)])))
         x, y = collate(docs, device)
         logits, _ = model(x)
         scored = y != IGNORE_INDEX

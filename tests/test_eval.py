@@ -117,3 +117,7 @@ def test_tables_go_between_their_readme_markers(tmp_path):
     assert readme.read_text() == "intro\n<!-- sft curves -->\n| a |\n<!-- /sft curves -->\nrest\n"
     with pytest.raises(SystemExit, match="no <!-- results table -->"):
         write_table_into_readme("| a |", str(readme))
+    from eval import main
+
+    with pytest.raises(SystemExit, match="give --curves too"):
+        main(["--readme=sft curves"])
