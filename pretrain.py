@@ -25,6 +25,7 @@ Knobs (the defaults were set by measuring the calibration table in the README): 
 teacher follows its PI; skill_frac how well the base reads; the weak-agent mix sets the student's own success.
 """
 
+import itertools
 import json
 import math
 import os
@@ -64,6 +65,7 @@ class PretrainConfig:
     temperature: float = 0.75  # the algorithms' sampling temperature
     out: str = ""  # checkpoint path; default base/<env>.pt
     init: str = ""  # continue from this checkpoint (its size; --model is ignored) instead of from scratch; needs --out
+    workers: int = 0  # processes writing the corpus beside the training loop (0: in the loop; the same batches either way)
     device: str = "auto"
     seed: int = 0
 
@@ -217,7 +219,7 @@ def encode_pieces(pieces):
     return ids, flags
 
 
-def get_batch(cfg, rng, env, device):
+def get_batch(cfg, rng, env, device="cpu"):
     """x, y (B, T) for next-token prediction; y = -1 where a token carries no loss, and on padding."""
     seqs = []
     for _ in range(cfg.batch_size):
@@ -227,6 +229,21 @@ def get_batch(cfg, rng, env, device):
             pieces = episode_pieces(env, rng.randrange(PRETRAIN_SEED0, 2 * PRETRAIN_SEED0), cfg, rng)
         seqs.append(encode_pieces(pieces))
     return collate(seqs, device)
+
+
+class Corpus(torch.utils.data.IterableDataset):
+    """The endless stream of batches: batch `step` is drawn from its own Random(seed, step), so a DataLoader's workers
+    (worker i writes the steps i, i + n, …, handed out in order) give the same batches as the loop alone."""
+
+    def __init__(self, cfg, first_step=0):
+        self.cfg, self.first_step = cfg, first_step
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        i, n = (info.id, info.num_workers) if info else (0, 1)
+        env = make(self.cfg.env, self.cfg.level)
+        for step in itertools.count(self.first_step + i, n):
+            yield get_batch(self.cfg, random.Random(self.cfg.seed * 10**9 + step), env)
 
 
 def collate(seqs, device):
@@ -267,8 +284,9 @@ def main(argv=None):
     out = cfg.out or BASE_PATH.format(env=cfg.env)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    env = make(cfg.env, cfg.level)
+    # the corpus workers start (fork) before CUDA does
+    batches = iter(torch.utils.data.DataLoader(Corpus(cfg), batch_size=None, num_workers=cfg.workers,
+                                               prefetch_factor=8 if cfg.workers else None))
     if cfg.init:
         try:
             model, _ = load_checkpoint(cfg.init, device)
@@ -286,20 +304,21 @@ def main(argv=None):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     log = open(log_path, "w")
 
-    # Time-budgeted runs estimate the step count from the first steps, so the cosine schedule ends on time.
+    # Time-budgeted runs estimate the step count from the first steps (again at 200 and 1,000: workers, warm-up), so the
+    # cosine schedule ends on time.
     total = cfg.steps or 10**9
     t_start, tokens, step = time.time(), 0, 0
     bar = tqdm(total=cfg.steps or None, desc="pretrain", unit="step", mininterval=5)
     while step < total:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
-        x, y = get_batch(cfg, rng, env, device)
+        x, y = (t.to(device) for t in next(batches))
         _, loss = model(x, y)
         update(model, opt, loss)
         step += 1
         tokens += x.numel()
         elapsed = time.time() - t_start
-        if not cfg.steps and step == 50:
+        if not cfg.steps and step in (50, 200, 1000):
             total = max(100, int(cfg.minutes * 60 / (elapsed / step)))
             bar.total = total
         bar.update(1)

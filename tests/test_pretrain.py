@@ -1,6 +1,7 @@
 """The base model's corpus: loss only where it belongs, hindsight PI lines that match at rate rho, a weak agent near
 the student's target level; and a 3-step pretraining smoke run."""
 
+import itertools
 import json
 import random
 
@@ -112,3 +113,13 @@ def test_reading_score_equals_greedy_decoding():
             assert greedy_right == tf_right, (kind, q, a, tk.decode(ids[len(prompt):]))
             right += greedy_right
     assert 0 < right < 60  # both outcomes occur, so the agreement means something
+
+
+def test_corpus_workers_write_the_same_batches_as_the_loop():
+    cfg = P.PretrainConfig(batch_size=4)
+    batches = lambda workers: list(itertools.islice(iter(torch.utils.data.DataLoader(
+        P.Corpus(cfg), batch_size=None, num_workers=workers)), 5))
+    alone, two = batches(0), batches(2)
+    for (x0, y0), (x2, y2) in zip(alone, two):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+    assert not torch.equal(alone[0][0][:, :10], alone[1][0][:, :10])  # each step draws its own batch
