@@ -52,7 +52,7 @@ class Run:
         for name, opt in optimizers.items():
             opt.load_state_dict(ckpt[name])
         self.rng.setstate(ckpt["rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())  # loaded onto the run's device; the CPU generator wants it back
         print(f"resumed {self.ckpt_path} at {ckpt['phase']} step {ckpt['step']}")
         return ckpt["phase"], ckpt["step"]
 
