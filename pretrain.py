@@ -60,6 +60,7 @@ class PretrainConfig:
     rho: float = 0.8  # P(the hindsight PI line comes from the episode's own actions)
     pi_frac: float = 0.5  # share of episodes with a PI line
     skill_frac: float = 0.15  # share of skill documents in the corpus
+    skill_steps: int = 0  # curriculum: the first skill_steps batches are lookup skill documents alone
     eval_every: int = 500  # steps between calibration checks (student / teacher success on training seeds)
     eval_episodes: int = 128
     temperature: float = 0.75  # the algorithms' sampling temperature
@@ -183,10 +184,16 @@ def skill_doc(table, questions):
     return pieces
 
 
-def skill_pieces(rng):
-    """A corpus skill document: a fresh table and four questions drawn at the corpus's rates."""
+LOOKUPS = ["price", "stock", "colour", "colour"]  # the curriculum's first phase: a row by its id or (half) its colour
+
+
+def skill_pieces(rng, kinds=None):
+    """A corpus skill document: a fresh table and four questions drawn at the corpus's rates, or, with `kinds`,
+    of those kinds alone (drawn from the list; over a catalogue, since stock and colour questions need one)."""
     rows, table, has_stock = skill_table(rng)
-    return skill_doc(table, [skill_question(rng, rows, has_stock) for _ in range(4)])
+    while kinds and not has_stock:
+        rows, table, has_stock = skill_table(rng)
+    return skill_doc(table, [skill_question(rng, rows, has_stock, kinds and rng.choice(kinds)) for _ in range(4)])
 
 
 @torch.no_grad()
@@ -219,8 +226,11 @@ def encode_pieces(pieces):
     return ids, flags
 
 
-def get_batch(cfg, rng, env, device="cpu"):
-    """x, y (B, T) for next-token prediction; y = -1 where a token carries no loss, and on padding."""
+def get_batch(cfg, rng, env, device="cpu", step=None):
+    """x, y (B, T) for next-token prediction; y = -1 where a token carries no loss, and on padding. Batches before
+    step `cfg.skill_steps` are lookup documents alone (the curriculum)."""
+    if step is not None and step < cfg.skill_steps:
+        return collate([encode_pieces(skill_pieces(rng, LOOKUPS)) for _ in range(cfg.batch_size)], device)
     seqs = []
     for _ in range(cfg.batch_size):
         if rng.random() < cfg.skill_frac:
@@ -243,7 +253,7 @@ class Corpus(torch.utils.data.IterableDataset):
         i, n = (info.id, info.num_workers) if info else (0, 1)
         env = make(self.cfg.env, self.cfg.level)
         for step in itertools.count(self.first_step + i, n):
-            yield get_batch(self.cfg, random.Random(self.cfg.seed * 10**9 + step), env)
+            yield get_batch(self.cfg, random.Random(self.cfg.seed * 10**9 + step), env, step=step)
 
 
 def collate(seqs, device):

@@ -10,7 +10,7 @@ import torch
 
 import pretrain as P
 import tokenizer as tk
-from env import PRETRAIN_SEED0, make
+from env import COLORS, PRETRAIN_SEED0, make
 from model import IGNORE_INDEX, load_checkpoint
 
 
@@ -123,3 +123,14 @@ def test_corpus_workers_write_the_same_batches_as_the_loop():
     for (x0, y0), (x2, y2) in zip(alone, two):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)
     assert not torch.equal(alone[0][0][:, :10], alone[1][0][:, :10])  # each step draws its own batch
+
+
+def test_curriculum_starts_with_lookup_documents_alone():
+    cfg, env = P.PretrainConfig(batch_size=16, skill_steps=2), make("toy_shop")
+    texts = lambda step: [tk.decode(row.tolist()) for row in P.get_batch(cfg, random.Random(step), env, step=step)[0]]
+    for text in texts(1):
+        assert text.startswith("<|sys|> skill")
+        questions = [line.split("<|user|> ")[1] for line in text.split("\n") if line.startswith("<|user|>")]
+        assert len(questions) == 4
+        assert all(q.split()[0] in ("price", "stock") or q in COLORS for q in questions)
+    assert sum(not t.startswith("<|sys|> skill") for t in texts(2)) > 0  # the mixed corpus from step skill_steps on
