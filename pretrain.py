@@ -1,9 +1,9 @@
 """The base model: a from-scratch GPT pretrained like an LLM, by next-token prediction (ENV.md §7).
 
     python pretrain.py                     # ~60 min on a 2-core CPU; writes base/toy_shop.pt (shipped in the repo)
-    python pretrain.py --steps=0 --minutes=5 --out=out/try.pt   # a time-budgeted run, e.g. to try a corpus knob
-    python pretrain.py --init=base/toy_shop.pt --skill_frac=1 --steps=2000 --lr=1e-3 --out=out/skills.pt
-                                           # continue the base on skill documents alone: does the lookup form?
+    python pretrain.py --steps=2000 --skill_steps=1000 --out=out/try.pt    # a shorter run, e.g. to try a knob
+    python pretrain.py --init=base/toy_shop.pt --skill_steps=0 --skill_frac=1 --steps=1500 --lr=1e-3 --out=out/s.pt
+                                           # continue the base on skill documents alone
 
 It stands in for the pretrained LLM the paper starts from: it knows the protocol, can read a tool reply, and has
 learned that a PI line predicts the actions that follow — but nothing about which answer is right. The corpus:
@@ -26,7 +26,8 @@ formed, not even with 25x the training on a GPU; alone it sits at chance for ~1,
 The loss is on agent tokens (and on skill answers, and on the amounts in a write's `ok …` reply, which are
 predictable from the rows): the random parts of tool replies (fresh ids, prices) would only add noise (ENV.md §11).
 Knobs (the defaults were set by measuring the calibration table in the README): rho and pi_frac set how strongly the
-teacher follows its PI; skill_frac how well the base reads; the weak-agent mix sets the student's own success.
+teacher follows its PI; skill_steps and skill_frac how well the base reads; the weak-agent mix sets the student's
+own success.
 """
 
 import itertools
@@ -56,7 +57,7 @@ class PretrainConfig:
     level: str = "L2"
     model: str = "tiny"  # tiny | small
     steps: int = 10000  # optimizer steps (the shipped base: 10,000, 60 min on a 2-core CPU); 0: run for `minutes`
-    minutes: float = 50.0  # with --steps=0, the wall-clock budget, which sets the step count
+    minutes: float = 50.0  # with --steps=0, the wall-clock budget; the step count is estimated from the first steps
     batch_size: int = 64  # sequences per step (episodes or skill documents)
     lr: float = 2e-3
     weight_decay: float = 0.1

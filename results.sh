@@ -2,7 +2,7 @@
 # Every run behind the README's results table, then the table itself (about 2 hours on a 2-core CPU: each run is
 # minutes, two run side by side with one thread each; rebuild only the table: python eval.py --table=1), then the
 # README's learning curves: SFT for 500 / 2,000 / 8,000 expert episodes with and without CoT, and π-Distill at 300
-# rounds, the skill-only probe and RL at 300 rounds (about 1¼ more hours).
+# rounds and RL at 300 rounds (about 1¼ more hours). The base model itself: python pretrain.py (60 minutes).
 set -euo pipefail
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=1
@@ -35,6 +35,4 @@ python pi_distill.py --steps=300 --seed=1 --run=pid_300_s1
 wait
 python pi_distill.py --steps=300 --seed=2 --run=pid_300_s2
 python eval.py --curves="out/pid_300_*" --readme="pi-distill 300 rounds"
-pair python pretrain.py --init=base/toy_shop.pt --skill_frac=1 --steps=1500 --lr=1e-3 --eval_every=500 --out=out/skills/probe.pt
 python sft_rl_baseline.py --sft_steps=0 --rl_steps=300 --run=rl_300_s0  # plain RL at π-Distill's 300 rounds
-wait
