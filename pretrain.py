@@ -20,8 +20,8 @@ learned that a PI line predicts the actions that follow — but nothing about wh
 
 A curriculum comes first: `skill_steps` batches of lookup documents alone (a price or a stock by id; half of the
 questions the ids of a colour). In the mixed corpus the lookup by colour — the decisive step of every task — never
-formed, not even with 25x the training on a GPU; alone it sits at chance for ~1,500 steps and then forms at once
-(README: the base model).
+formed, not with up to 2.8x the training on a GPU either; alone it sits at chance for ~1,500 steps and then forms
+at once (README: the base model).
 
 The loss is on agent tokens (and on skill answers, and on the amounts in a write's `ok …` reply, which are
 predictable from the rows): the random parts of tool replies (fresh ids, prices) would only add noise (ENV.md §11).
