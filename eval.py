@@ -46,7 +46,7 @@ class EvalConfig:
     device: str = "auto"
     json: bool = False  # print the results as one JSON object on the last line
     table: bool = False  # gather out/*/summary.json into the results table (and write it into README.md)
-    curves: str = ""  # a glob of run folders, e.g. "out/curve_*": print their learning curves as a markdown table
+    curves: str = ""  # globs of run folders, comma-separated, e.g. "out/curve_*": their learning curves as markdown
     readme: str = ""  # with --curves: also write the table between README.md's <!-- NAME --> <!-- /NAME --> markers
 
 
@@ -179,10 +179,10 @@ def results_table(base_success, expert, n, runs_dir="out"):
 
 def learning_curves(pattern):
     """Markdown: held-out success % against the step at which it was measured, one row per run folder matching the
-    glob `pattern` (from its log.jsonl; SFT and RL steps are numbered apart, `sft 400` / `rl 150`), and the final
+    glob `pattern` (several: comma-separated) (from its log.jsonl; SFT and RL steps are numbered apart, `sft 400` / `rl 150`), and the final
     number from summary.json (more tasks)."""
     runs = {}
-    for folder in sorted(glob.glob(pattern)):
+    for folder in sorted({f for p in pattern.split(",") for f in glob.glob(p)}):
         try:
             with open(os.path.join(folder, "log.jsonl")) as f:
                 rows = [json.loads(line) for line in f if line.strip()]

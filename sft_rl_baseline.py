@@ -5,7 +5,8 @@
     python sft_rl_baseline.py --sft_steps=0            # plain RL (GRPO from the base model)
 
 PAPER.md §4. SFT: next-token loss on the agent's tokens of expert episodes of the first `n_expert` training seeds
-(the same seeds, and the same expert budget, whose PI the other methods use); with --cot=1 the expert's reasoning
+(the same seeds, and the same expert budget, whose PI the other methods use), AdamW at `sft_lr` decayed along a
+cosine to 10% of it by the last step (a constant rate until session 5); with --cot=1 the expert's reasoning
 (`<|think|> … <|/think|>`) is part of the target, so the model writes its own at test time. GRPO (grpo.py): K
 student-view rollouts per task at the algorithms' temperature, group-centred advantages without the std,
 all-zero groups dropped, clipped token-level ratio, several gradient steps per round, no KL to the base.
@@ -14,6 +15,7 @@ Every evaluation is the student view on held-out seeds, greedy. Logs: one line p
 checkpoints at each evaluation (out/<run>/ckpt.pt, --resume continues). The last line is a JSON summary.
 """
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -38,7 +40,7 @@ class Config:
     n_expert: int = 2000  # training seeds with an expert transcript; GRPO samples its tasks from the same seeds
     sft_steps: int = 600
     sft_batch: int = 32
-    sft_lr: float = 1e-3
+    sft_lr: float = 1e-3  # peak; cosine decay to 10% of it over sft_steps
     rl_steps: int = 150  # GRPO rounds (the same 150 rounds × 16 tasks × 4 episodes as pi_distill.py and opsd.py)
     tasks: int = 16  # tasks per round
     k: int = 4  # rollouts per task
@@ -113,6 +115,8 @@ def main(argv=None):
         while step < cfg.sft_steps:
             t0 = time.time()
             x, y = collate(rng.choices(data, k=cfg.sft_batch), run.device)
+            for group in opts["sft_opt"].param_groups:
+                group["lr"] = cfg.sft_lr * (0.55 + 0.45 * math.cos(math.pi * step / cfg.sft_steps))
             _, loss = model(x, y)
             update(model, opts["sft_opt"], loss)
             step += 1

@@ -104,6 +104,8 @@ def test_learning_curves_from_logs(tmp_path):
     table = learning_curves(str(tmp_path / "*")).splitlines()
     assert table[0] == "| run | sft 100 | sft 200 | rl 50 | final |"
     assert table[2:] == ["| a | 20.0 | 30.0 | 50.0 | 55.0 |", "| b |  | 40.0 |  |  |"]
+    both = learning_curves(f"{tmp_path / 'b'},{tmp_path / 'a'},{tmp_path / 'a*'}").splitlines()  # a list of globs
+    assert both[2:] == table[2:]  # each folder once, in name order
     with pytest.raises(SystemExit, match="no run folder"):
         learning_curves(str(tmp_path / "nothing*"))
 
