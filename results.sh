@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every run behind the README's results table, then the table itself (about 2 hours on a 2-core CPU: each run is
 # minutes, two run side by side with one thread each; rebuild only the table: python eval.py --table=1), then the
-# README's learning curves: SFT for 500 / 2,000 / 8,000 expert episodes with and without CoT, and π-Distill at 300
-# rounds and RL at 300 rounds (about 1¼ more hours). The base model itself: python pretrain.py (60 minutes).
+# README's learning curves: SFT for 500 / 2,000 / 8,000 expert episodes with and without CoT, SFT w/o CoT for 15-20
+# minutes, and π-Distill at 300 rounds and RL at 300 rounds (about 1¾ more hours). The base model itself: python
+# pretrain.py (60 minutes).
 set -euo pipefail
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=1
@@ -21,7 +22,9 @@ wait
 pair python sft_rl_baseline.py --cot=1 --rl_steps=0                # SFT w/ CoT
 python sft_rl_baseline.py --cot=0 --rl_steps=0                     # SFT w/o CoT
 wait
+pair python pi_distill.py --pi_coverage=0                          # π-Distill's script without PI: plain GRPO
 python sft_rl_baseline.py --cot=0                                  # SFT w/o CoT + RL
+wait
 python eval.py --table=1
 
 for n in 500 2000 8000; do                                         # SFT learning curves (README: the base model)
@@ -30,6 +33,10 @@ for n in 500 2000 8000; do                                         # SFT learnin
   wait
 done
 python eval.py --curves="out/curve_*" --readme="sft curves"
+pair python sft_rl_baseline.py --cot=0 --n_expert=8000 --sft_steps=2400 --rl_steps=0 --eval_every=200 --run=sft_n8000_2400
+python sft_rl_baseline.py --cot=0 --n_expert=16000 --sft_steps=3000 --rl_steps=0 --eval_every=250 --run=sft_n16000_3000
+wait                                                               # gate G4: SFT w/o CoT given 15-20 minutes
+python eval.py --curves="out/sft_n8000_2400,out/sft_n16000_3000" --readme="sft long"
 pair python pi_distill.py --steps=300 --seed=0 --run=pid_300_s0    # π-Distill, twice the default budget
 python pi_distill.py --steps=300 --seed=1 --run=pid_300_s1
 wait
