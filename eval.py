@@ -179,8 +179,8 @@ def results_table(base_success, expert, n, runs_dir="out"):
 
 def learning_curves(pattern):
     """Markdown: held-out success % against the step at which it was measured, one row per run folder matching the
-    glob `pattern` (several: comma-separated) (from its log.jsonl; SFT and RL steps are numbered apart, `sft 400` / `rl 150`), and the final
-    number from summary.json (more tasks)."""
+    glob `pattern` (several globs: comma-separated), from its log.jsonl (SFT and RL steps are numbered apart,
+    `sft 400` / `rl 150`), and the final number from summary.json (more tasks)."""
     runs = {}
     for folder in sorted({f for p in pattern.split(",") for f in glob.glob(p)}):
         try:

@@ -6,8 +6,9 @@
 
 PAPER.md §4. SFT: next-token loss on the agent's tokens of expert episodes of the first `n_expert` training seeds
 (the same seeds, and the same expert budget, whose PI the other methods use), AdamW at `sft_lr` decayed along a
-cosine to 10% of it by the last step (a constant rate until session 5); with --cot=1 the expert's reasoning
-(`<|think|> … <|/think|>`) is part of the target, so the model writes its own at test time. GRPO (grpo.py): K
+cosine to `sft_lr_end` (10%) of it by the last step (a constant rate until session 5: `--sft_lr_end=1`); with
+--cot=1 the expert's reasoning (`<|think|> … <|/think|>`) is part of the target, so the model writes its own at
+test time. GRPO (grpo.py): K
 student-view rollouts per task at the algorithms' temperature, group-centred advantages without the std,
 all-zero groups dropped, clipped token-level ratio, several gradient steps per round, no KL to the base.
 
@@ -40,7 +41,8 @@ class Config:
     n_expert: int = 2000  # training seeds with an expert transcript; GRPO samples its tasks from the same seeds
     sft_steps: int = 600
     sft_batch: int = 32
-    sft_lr: float = 1e-3  # peak; cosine decay to 10% of it over sft_steps
+    sft_lr: float = 1e-3  # peak; cosine decay to sft_lr_end of it over sft_steps
+    sft_lr_end: float = 0.1  # where the cosine ends, as a fraction of sft_lr (1 = a constant rate)
     rl_steps: int = 150  # GRPO rounds (the same 150 rounds × 16 tasks × 4 episodes as pi_distill.py and opsd.py)
     tasks: int = 16  # tasks per round
     k: int = 4  # rollouts per task
@@ -116,7 +118,8 @@ def main(argv=None):
             t0 = time.time()
             x, y = collate(rng.choices(data, k=cfg.sft_batch), run.device)
             for group in opts["sft_opt"].param_groups:
-                group["lr"] = cfg.sft_lr * (0.55 + 0.45 * math.cos(math.pi * step / cfg.sft_steps))
+                cosine = (1 + math.cos(math.pi * step / cfg.sft_steps)) / 2  # 1 → 0 over the SFT steps
+                group["lr"] = cfg.sft_lr * (cfg.sft_lr_end + (1 - cfg.sft_lr_end) * cosine)
             _, loss = model(x, y)
             update(model, opts["sft_opt"], loss)
             step += 1
@@ -142,8 +145,8 @@ def main(argv=None):
     run.save(model, opts, "done", step)
     sft = f"SFT w/{'' if cfg.cot else 'o'} CoT" if cfg.sft_steps else ""
     method = " + ".join(x for x in (sft, "RL" if cfg.rl_steps else "") if x) or "base"
-    budget = {k: getattr(cfg, k) for k in ("n_expert", "sft_steps", "rl_steps") if getattr(cfg, k) not in
-              (getattr(Config, k), 0)}
+    budget = {k: getattr(cfg, k) for k in ("n_expert", "sft_steps", "rl_steps", "sft_lr_end")
+              if getattr(cfg, k) != getattr(Config, k) and not (k.endswith("_steps") and getattr(cfg, k) == 0)}
     if budget:  # a row of its own in the results table, not pooled with the default budget
         method += " (" + ", ".join(f"{k} {v}" for k, v in budget.items()) + ")"
     return run.finish(method, heldout_success=final["success"], protocol_errors=final["protocol_errors"],
