@@ -28,13 +28,13 @@ wait
 python eval.py --table=1
 
 for n in 500 2000 8000; do                                         # SFT learning curves (README: the base model)
-  pair python sft_rl_baseline.py --cot=0 --n_expert=$n --sft_steps=800 --rl_steps=0 --eval_every=100 --run=curve_n${n}_cot0
-  python sft_rl_baseline.py --cot=1 --n_expert=$n --sft_steps=800 --rl_steps=0 --eval_every=100 --run=curve_n${n}_cot1
+  pair python sft_rl_baseline.py --cot=0 --n_expert=$n --sft_steps=800 --rl_steps=0 --eval_every=100 --sft_lr_end=0.1 --run=curve_n${n}_cot0
+  python sft_rl_baseline.py --cot=1 --n_expert=$n --sft_steps=800 --rl_steps=0 --eval_every=100 --sft_lr_end=0.1 --run=curve_n${n}_cot1
   wait
 done
 python eval.py --curves="out/curve_*" --readme="sft curves"
-pair python sft_rl_baseline.py --cot=0 --n_expert=8000 --sft_steps=2400 --rl_steps=0 --eval_every=200 --run=sft_n8000_2400
-python sft_rl_baseline.py --cot=0 --n_expert=16000 --sft_steps=3000 --rl_steps=0 --eval_every=250 --run=sft_n16000_3000
+pair python sft_rl_baseline.py --cot=0 --n_expert=8000 --sft_steps=2400 --rl_steps=0 --eval_every=200 --sft_lr_end=0.1 --run=sft_n8000_2400
+python sft_rl_baseline.py --cot=0 --n_expert=16000 --sft_steps=3000 --rl_steps=0 --eval_every=250 --sft_lr_end=0.1 --run=sft_n16000_3000
 wait                                                               # gate G4: SFT w/o CoT given 15-20 minutes
 python eval.py --curves="out/sft_n8000_2400,out/sft_n16000_3000" --readme="sft long"
 pair python pi_distill.py --steps=300 --seed=0 --run=pid_300_s0    # π-Distill, twice the default budget

@@ -61,13 +61,13 @@ def test_bad_init_is_a_one_line_error(tmp_path):
 
 def test_sft_lr_follows_the_cosine_to_its_end(tmp_path, monkeypatch):
     """The last of 3 SFT steps runs at sft_lr · (end + (1 − end) · (1 + cos(2π/3)) / 2), worked by hand: 0.325 · sft_lr
-    for the default end 0.1; `--sft_lr_end=1` keeps sft_lr throughout and gets a results row of its own."""
+    for `--sft_lr_end=0.1`, which gets a results row of its own; the default (end 1) keeps sft_lr throughout."""
     monkeypatch.chdir(tmp_path)
     tiny_checkpoint(tmp_path / "init.pt")
     base = [f"--init={tmp_path / 'init.pt'}", "--sft_steps=3", "--rl_steps=0", "--n_expert=8", "--final_n=2",
             "--eval_every=3", "--eval_n=2", "--sft_lr=1e-2"]
-    for extra, lr, label in (([], 0.325e-2, "SFT w/o CoT (n_expert 8, sft_steps 3)"),
-                             (["--sft_lr_end=1"], 1e-2, "SFT w/o CoT (n_expert 8, sft_steps 3, sft_lr_end 1.0)")):
+    for extra, lr, label in ((["--sft_lr_end=0.1"], 0.325e-2, "SFT w/o CoT (n_expert 8, sft_steps 3, sft_lr_end 0.1)"),
+                             ([], 1e-2, "SFT w/o CoT (n_expert 8, sft_steps 3)")):
         summary = S.main(base + extra + [f"--run=lr{len(extra)}"])
         _, ckpt = load_checkpoint(summary["checkpoint"])
         assert abs(ckpt["sft_opt"]["param_groups"][0]["lr"] - lr) < 1e-9
