@@ -65,6 +65,7 @@ class PretrainConfig:
     rho: float = 0.8  # P(the hindsight PI line comes from the episode's own actions)
     pi_frac: float = 0.5  # share of episodes with a PI line
     skill_frac: float = 0.3  # share of skill documents in the corpus
+    sized: float = 0.0  # share of colour questions (on tables with sizes) that also name a size; shipped base: 0
     skill_steps: int = 5000  # curriculum: the first skill_steps batches are lookup skill documents alone
     eval_every: int = 1000  # steps between calibration checks (student / teacher success on training seeds)
     eval_episodes: int = 128
@@ -146,7 +147,7 @@ def transcript_pieces(history, pi=None, reply_loss=False):
     return pieces
 
 
-SKILLS = ["price", "stock", "colour", "minmax", "calc"]  # the skill questions, in skill_pieces' order
+SKILLS = ["price", "stock", "colour", "minmax", "calc", "sized"]  # the skill questions (sized: colour and size)
 
 
 def skill_table(rng):
@@ -157,21 +158,26 @@ def skill_table(rng):
     return rows, text, bool(w.rows)
 
 
-def skill_question(rng, rows, has_stock=True, kind=None):
+def skill_question(rng, rows, has_stock=True, kind=None, sized=0.0):
     """One question about `rows` and its answer: (question, answer). `kind` (one of SKILLS) or, when None, drawn at
     the corpus's rates (price 30%, stock 15%, ids of a colour 15%, min/max 20%, a sum or difference 20%); on a
     table without stock (order items), stock and colour questions fall through to min/max. Asked for by `kind`, a
-    colour question names a colour present in the table (the corpus's random colour is often absent: `none`)."""
+    colour question names a colour present in the table (the corpus's random colour is often absent: `none`).
+    With `sized` > 0, that share of the colour questions over a table with sizes also names a size — the ids of a
+    colour in one size, EXCHANGE's lookup (`green mid`); kind `sized` always does. The shipped base has sized = 0."""
     r = rng.choice(rows)
     prices = [x.price for x in rng.sample(rows, min(len(rows), rng.randint(2, 4)))]
-    u = rng.random() if kind is None else {"price": 0.0, "stock": 0.3, "colour": 0.45, "minmax": 0.6, "calc": 0.8}[kind]
+    u = rng.random() if kind is None else {"price": 0.0, "stock": 0.3, "colour": 0.45, "sized": 0.45, "minmax": 0.6,
+                                           "calc": 0.8}[kind]
     if u < 0.3:
         return f"price {r.id}", str(r.price)
     if u < 0.45 and has_stock:
         return f"stock {r.id}", str(r.stock)
     if u < 0.6 and has_stock:
         c = rng.choice(COLORS) if kind is None else r.color
-        return c, " ".join(x.id for x in rows if x.color == c) or "none"
+        z = r.size if r.size and (kind == "sized" or (sized > 0 and rng.random() < sized)) else ""  # no draw at 0
+        ids = [x.id for x in rows if x.color == c and (not z or x.size == z)]
+        return f"{c} {z}".rstrip(), " ".join(ids) or "none"
     if u < 0.8:
         f = rng.choice(["min", "max"])
         return f"{f} " + " ".join(map(str, prices)), str(min(prices) if f == "min" else max(prices))
@@ -192,13 +198,14 @@ def skill_doc(table, questions):
 LOOKUPS = ["price", "stock", "colour", "colour"]  # the curriculum's first phase: a row by its id or (half) its colour
 
 
-def skill_pieces(rng, kinds=None):
+def skill_pieces(rng, kinds=None, sized=0.0):
     """A corpus skill document: a fresh table and four questions drawn at the corpus's rates, or, with `kinds`,
     of those kinds alone (drawn from the list; over a catalogue, since stock and colour questions need one)."""
     rows, table, has_stock = skill_table(rng)
     while kinds and not has_stock:
         rows, table, has_stock = skill_table(rng)
-    return skill_doc(table, [skill_question(rng, rows, has_stock, kinds and rng.choice(kinds)) for _ in range(4)])
+    return skill_doc(table, [skill_question(rng, rows, has_stock, kinds and rng.choice(kinds), sized)
+                             for _ in range(4)])
 
 
 @torch.no_grad()
@@ -211,7 +218,7 @@ def reading(model, n=200, seed=0):
         docs = []
         while len(docs) < n:
             rows, table, has_stock = skill_table(rng)
-            if has_stock or kind not in ("stock", "colour"):  # those two need a catalogue
+            if has_stock and (kind != "sized" or rows[0].size) or kind not in ("stock", "colour", "sized"):
                 docs.append(encode_pieces(skill_doc(table, [skill_question(rng, rows, has_stock, kind)])))
         x, y = collate(docs, device)
         logits, _ = model(x)
@@ -235,11 +242,11 @@ def get_batch(cfg, rng, env, device="cpu", step=None):
     """x, y (B, T) for next-token prediction; y = -1 where a token carries no loss, and on padding. Batches before
     step `cfg.skill_steps` are lookup documents alone (the curriculum)."""
     if step is not None and step < cfg.skill_steps:
-        return collate([encode_pieces(skill_pieces(rng, LOOKUPS)) for _ in range(cfg.batch_size)], device)
+        return collate([encode_pieces(skill_pieces(rng, LOOKUPS, cfg.sized)) for _ in range(cfg.batch_size)], device)
     seqs = []
     for _ in range(cfg.batch_size):
         if rng.random() < cfg.skill_frac:
-            pieces = skill_pieces(rng)
+            pieces = skill_pieces(rng, sized=cfg.sized)
         else:
             pieces = episode_pieces(env, rng.randrange(PRETRAIN_SEED0, 2 * PRETRAIN_SEED0), cfg, rng)
         seqs.append(encode_pieces(pieces))

@@ -30,6 +30,23 @@ def test_loss_only_on_agent_tokens_write_amounts_and_skill_answers():
         assert sum(f for _, f in pieces) == 4 and all(not t.startswith(" <|") for t, f in pieces if f)
 
 
+def test_sized_questions_name_a_colour_and_a_size_only_when_asked():
+    """`sized` (EXCHANGE's lookup) against a brute-force filter of the rows; at sized = 0 (the shipped base) no colour
+    question names a size."""
+    rng, asked = random.Random(4), {0.0: 0, 1.0: 0}
+    for _ in range(300):
+        rows, _, has_stock = P.skill_table(rng)
+        if not (has_stock and rows[0].size):
+            continue
+        q, a = P.skill_question(rng, rows, has_stock, "sized")
+        colour, size = q.split()
+        assert a.split() == [r.id for r in rows if r.color == colour and r.size == size]
+        for sized in asked:
+            q, a = P.skill_question(rng, rows, has_stock, None, sized)
+            asked[sized] += q.split()[0] in COLORS and len(q.split()) == 2
+    assert asked[0.0] == 0 and asked[1.0] > 0
+
+
 def test_batch_targets_are_shifted_and_masked():
     cfg = P.PretrainConfig(batch_size=8)
     x, y = P.get_batch(cfg, random.Random(1), make("toy_shop"), "cpu")
