@@ -14,8 +14,8 @@ learned that a PI line predicts the actions that follow — but nothing about wh
 - on `pi_frac` of them, a hindsight PI line built from the episode's *own* actions, which therefore matches what
   follows with probability `rho`; otherwise it is taken from another weak rollout of the same task. The model learns
   "the PI line predicts my next actions", never what is right. Forms full/key/tools/answer; `hint` never appears;
-- `skill_frac` skill documents over rendered rows: look up a price or a stock, list the ids of a colour, min/max,
-  sums and differences — an LLM's general reading and arithmetic.
+- `skill_frac` skill documents over rendered rows: look up a price or a stock, list the ids of a colour (with
+  `sized`, some of a colour in one size), min/max, sums and differences — an LLM's general reading and arithmetic.
   Every check logs `reading` (per kind of question, greedy exact match on fresh documents) beside the calibration.
 
 A curriculum comes first: `skill_steps` batches of lookup documents alone (a price or a stock by id; half of the
@@ -218,7 +218,8 @@ def reading(model, n=200, seed=0):
         docs = []
         while len(docs) < n:
             rows, table, has_stock = skill_table(rng)
-            if has_stock and (kind != "sized" or rows[0].size) or kind not in ("stock", "colour", "sized"):
+            needs = {"stock": has_stock, "colour": has_stock, "sized": has_stock and bool(rows[0].size)}
+            if needs.get(kind, True):  # stock and colour questions need a catalogue, sized ones one with sizes
                 docs.append(encode_pieces(skill_doc(table, [skill_question(rng, rows, has_stock, kind)])))
         x, y = collate(docs, device)
         logits, _ = model(x)
