@@ -200,7 +200,8 @@ LOOKUPS = ["price", "stock", "colour", "colour"]  # the curriculum's first phase
 
 def skill_pieces(rng, kinds=None, sized=0.0):
     """A corpus skill document: a fresh table and four questions drawn at the corpus's rates, or, with `kinds`,
-    of those kinds alone (drawn from the list; over a catalogue, since stock and colour questions need one)."""
+    of those kinds alone (drawn from the list; over a catalogue, since stock and colour questions need one).
+    `sized`: the share of colour questions that also name a size (skill_question)."""
     rows, table, has_stock = skill_table(rng)
     while kinds and not has_stock:
         rows, table, has_stock = skill_table(rng)
