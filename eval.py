@@ -10,7 +10,8 @@ What it prints (PAPER.md §6-7):
 - the student view (no PI) on held-out seeds, greedy and sampled at the algorithms' temperature, with its protocol
   error rate — every score this project reports is this one;
 - with --pi: on training seeds, the teacher view's success per PI form, the PI utility Δ = teacher − student, and the
-  initial divergence KL(π^T ‖ π^S) per episode (full-vocabulary, summed over the teacher's sampled agent tokens);
+  initial divergence KL(π^T ‖ π^S) per episode (full-vocabulary, summed over the teacher's sampled agent tokens),
+  and whether the teacher copies its PI line's row id and payment (pi_copy, teacher-forced on the expert's write);
 - the model's reading: skill questions after a rendered table (a price or stock by id, the ids of a colour, min/max,
   a sum), the skills the task is built from (pretrain.reading);
 - the scripted expert and a random agent on the same held-out seeds: ceiling and floor.
@@ -31,6 +32,7 @@ from config import parse_args
 from env import LEVELS, PI_FORMS, TEST_SEEDS, TRAIN_SEEDS, build_world, expert_act, make, render, solve
 from model import CheckpointError, kl_div, load_checkpoint, pick_device, vocab_logprobs
 from rollout import play, student_view
+from tokenizer import encode
 
 
 @dataclass
@@ -110,6 +112,70 @@ def buy_selection(envs, level):
         counts["payment"] += act[3] == expert[3]
     n = max(1, counts.pop("buys"))
     return {k: v / n for k, v in counts.items()}
+
+
+def _write_variants(world, rng):
+    """The expert's `full` PI line for a BUY / EXCHANGE task three ways — as written, with the write's payment
+    flipped, with the write's row id swapped for another row's — each with the write it names: [(pi, write)]."""
+    plan = solve(world)
+    write = plan[-2].split()
+    id_at = 1 if write[0] == "buy" else 3
+    other = rng.choice([r.id for r in world.rows if r.id != write[id_at]])
+    flipped = write[:-1] + ["card" if write[-1] == "gift" else "gift"]
+    swapped = write[:id_at] + [other] + write[id_at + 1:]
+    return [("full : " + " ; ".join(plan[:-2] + [" ".join(w)] + plan[-1:]), w) for w in (write, flipped, swapped)]
+
+
+@torch.no_grad()
+def pi_copy(model, seeds, level="L2"):
+    """Does the teacher view read its PI line at the write's two decisive arguments, the row id and the payment?
+
+    Teacher-forced on the expert's transcript up to its write (BUY and EXCHANGE tasks that have one), the `full` PI
+    line as the expert wrote it, with its payment flipped (gift <-> card), or with its row id swapped for another row
+    of the table, and the write line the PI names. Returns the mean probability of the named token:
+      teacher_id / teacher_pay: the teacher view, over the true and the altered PI lines (the id over true and
+        swapped, the payment over true and flipped): 1 = copies its PI, whatever it says; a teacher that ignores
+        its PI gives the payment ~0.5 (the two lines name opposite payments);
+      student_id / student_pay: the student view (no PI line) at the expert's own tokens: what reading alone gives.
+    (A diagnostic of this project: the shipped base's teacher copies the id and not the payment, README.)"""
+    device, rng, env = model.wte.weight.device, random.Random(0), make("toy_shop", level)
+    texts, probes = [], []  # probes: (text index, position, token id, which number)
+    for seed in seeds:
+        world = build_world(seed, level)
+        plan = solve(world)
+        if world.family == "RETURN" or plan[-1] == "say none":
+            continue
+        env.reset(seed)
+        for action in plan[:-2]:
+            env.step(action)
+        for k, (pi, write) in enumerate(_write_variants(world, rng)):
+            for view_pi, who in ((pi, "teacher"), (None, "student")):
+                if who == "student" and k > 0:
+                    continue
+                id_at = 1 if write[0] == "buy" else 3
+                ids = encode(render(env.history, view_pi) + "<|agent|> " + " ".join(write[:id_at]))
+                row, middle, pay = encode(" " + write[id_at]), encode(" " + " ".join(write[id_at + 1:-1])), \
+                    encode(" " + write[-1])
+                if len(row) != 1 or len(pay) != 1:
+                    raise ValueError(f"write {write}: a row id or payment that is not one token")
+                if k in (0, 2):
+                    probes.append((len(texts), len(ids) - 1, row[0], f"{who}_id"))
+                ids = ids + row + (middle if write[id_at + 1:-1] else [])
+                if k in (0, 1):
+                    probes.append((len(texts), len(ids) - 1, pay[0], f"{who}_pay"))
+                ids = ids + pay
+                texts.append(ids)
+    sums, counts = {}, {}
+    for i in range(0, len(texts), 64):
+        chunk = texts[i : i + 64]
+        T = max(map(len, chunk))
+        batch = torch.tensor([t + [0] * (T - len(t)) for t in chunk], device=device)
+        probs = model(batch)[0].float().softmax(-1).cpu()
+        for j, pos, tok, name in probes:
+            if i <= j < i + 64:
+                sums[name] = sums.get(name, 0.0) + probs[j - i, pos, tok].item()
+                counts[name] = counts.get(name, 0) + 1
+    return {name: sums[name] / counts[name] for name in sorted(sums)}
 
 
 def scripted_success(seeds, level, agent):
@@ -273,6 +339,11 @@ def main(argv=None):
             res[f"teacher_{form}"], res[f"delta_{form}"], res[f"kl_{form}"] = r["success"], r["success"] - base, r["kl"]
             print(f"teacher {form:6s} success {r['success']:.3f} | Δ {r['success'] - base:+.3f} | "
                   f"KL(T‖S) {r['kl']:.2f} nats/episode | protocol errors {r['protocol_errors']:.3f}")
+        copy = pi_copy(model, train, cfg.level)
+        res["pi_copy"] = {k: round(v, 3) for k, v in copy.items()}
+        print(f"PI copy (teacher-forced, expert transcripts, `full` PI true or altered): the teacher names its PI's "
+              f"row id {copy['teacher_id']:.3f}, payment {copy['teacher_pay']:.3f} (0.5: ignores it) | the student, "
+              f"the expert's id {copy['student_id']:.3f}, payment {copy['student_pay']:.3f}")
     res["reading"] = {k: round(v, 3) for k, v in reading(model).items()}
     print("reading (skill questions after a rendered table, greedy exact match, 200 each): "
           + " | ".join(f"{k} {v:.3f}" for k, v in res["reading"].items()))

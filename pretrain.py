@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 import tokenizer as tk
 from config import parse_args
-from eval import evaluate
+from eval import evaluate, pi_copy
 from grpo import update
 from env import COLORS, PRETRAIN_SEED0, SYS_LINE, TRAIN_SEEDS, build_world, make, pi_line, pi_text
 from model import GPT, IGNORE_INDEX, CheckpointError, GPTConfig, load_checkpoint, pick_device, save_checkpoint
@@ -295,10 +295,13 @@ def lr_at(step, total, cfg):
 
 
 def calibration(model, cfg, n=None, seed=0):
-    """Success of the student view and of the teacher with `full` / `key` PI on training seeds (ENV.md §7)."""
+    """Success of the student view and of the teacher with `full` / `key` PI on training seeds (ENV.md §7), and how
+    far the teacher copies its PI line's row id and payment (eval.pi_copy: copy_pay 0.5 = ignores the payment)."""
     seeds = list(TRAIN_SEEDS[: n or cfg.eval_episodes])
-    return {view or "student": evaluate(model, seeds, pi=view, level=cfg.level, temperature=cfg.temperature,
-                                        seed=seed)["success"] for view in (None, "full", "key")}
+    out = {view or "student": evaluate(model, seeds, pi=view, level=cfg.level, temperature=cfg.temperature,
+                                       seed=seed)["success"] for view in (None, "full", "key")}
+    copy = pi_copy(model, seeds, cfg.level)
+    return {**out, "copy_id": copy["teacher_id"], "copy_pay": copy["teacher_pay"]}
 
 
 def main(argv=None):

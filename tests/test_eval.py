@@ -50,6 +50,50 @@ def test_scripted_floor_and_ceiling():
     assert 0.03 < scripted_success(seeds, "L2", "random") <= 0.30  # G3: nothing shallow beats 30%
 
 
+def test_pi_copy_against_plain_forwards_of_the_whole_text():
+    """pi_copy's batched, padded numbers equal one unpadded forward per text, with the positions found by matching
+    the encoded expert write; the three PI lines differ only where they should."""
+    import random
+    from env import TRAIN_SEEDS, build_world, make, render, solve
+    from eval import _write_variants, pi_copy
+    from tokenizer import encode
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=512, n_layer=1, n_head=2, n_embd=16))
+    model.eval()
+    usable = [s for s in TRAIN_SEEDS[:60] if solve(build_world(s))[-1] != "say none"]
+    seeds = [s for s in usable if build_world(s).family == "BUY"][:2] + \
+        [s for s in usable if build_world(s).family == "EXCHANGE"][:2]
+    got = pi_copy(model, seeds)
+    rng, env, want = random.Random(0), make("toy_shop"), {}
+    for seed in seeds:
+        world = build_world(seed)
+        env.reset(seed)
+        for action in solve(world)[:-2]:
+            env.step(action)
+        variants = _write_variants(world, rng)
+        (pi0, w0), (pi1, w1), (pi2, w2) = variants
+        assert w1[:-1] == w0[:-1] and {w0[-1], w1[-1]} == {"gift", "card"}
+        assert sum(a != b for a, b in zip(w0, w2)) == 1 and pi0 != pi2
+        for k, (pi, write) in enumerate(variants):
+            for view, who in ((pi, "teacher"), (None, "student")):
+                if who == "student" and k > 0:
+                    continue
+                ids = encode(render(env.history, view) + "<|agent|> " + " ".join(write))
+                with torch.no_grad():
+                    p = model(torch.tensor([ids]))[0][0].softmax(-1)
+                at = 1 if write[0] == "buy" else 3
+                row = len(ids) - (3 if write[0] == "buy" else 2)  # buy j5 1 card | exchange o 6 j5 n2 card
+                assert ids[row] == encode(" " + write[1 if write[0] == "buy" else 3])[0]
+                if k in (0, 2):
+                    want.setdefault(f"{who}_id", []).append(p[row - 1, ids[row]].item())
+                if k in (0, 1):
+                    want.setdefault(f"{who}_pay", []).append(p[len(ids) - 2, ids[-1]].item())
+    assert set(got) == set(want)
+    for name, values in want.items():
+        assert got[name] == pytest.approx(sum(values) / len(values), abs=1e-5), name
+
+
 def test_buy_selection_on_scripted_episodes():
     """The expert's buys are all correct; a buy of the wrong row and payment is counted as such."""
     from env import make, render, expert_act, solve
