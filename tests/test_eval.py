@@ -84,7 +84,7 @@ def test_pi_copy_against_plain_forwards_of_the_whole_text():
                     p = model(torch.tensor([ids]))[0][0].softmax(-1)
                 at = 1 if write[0] == "buy" else 3
                 row = len(ids) - (3 if write[0] == "buy" else 2)  # buy j5 1 card | exchange o 6 j5 n2 card
-                assert ids[row] == encode(" " + write[1 if write[0] == "buy" else 3])[0]
+                assert ids[row] == encode(" " + write[at])[0]
                 if k in (0, 2):
                     want.setdefault(f"{who}_id", []).append(p[row - 1, ids[row]].item())
                 if k in (0, 1):
