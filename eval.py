@@ -154,13 +154,12 @@ def pi_copy(model, seeds, level="L2"):
                     continue
                 id_at = 1 if write[0] == "buy" else 3
                 ids = encode(render(env.history, view_pi) + "<|agent|> " + " ".join(write[:id_at]))
-                row, middle, pay = encode(" " + write[id_at]), encode(" " + " ".join(write[id_at + 1:-1])), \
-                    encode(" " + write[-1])
+                row, pay, middle = encode(" " + write[id_at]), encode(" " + write[-1]), write[id_at + 1:-1]
                 if len(row) != 1 or len(pay) != 1:
                     raise ValueError(f"write {write}: a row id or payment that is not one token")
                 if k in (0, 2):
                     probes.append((len(texts), len(ids) - 1, row[0], f"{who}_id"))
-                ids = ids + row + (middle if write[id_at + 1:-1] else [])
+                ids = ids + row + (encode(" " + " ".join(middle)) if middle else [])  # buy's quantity
                 if k in (0, 1):
                     probes.append((len(texts), len(ids) - 1, pay[0], f"{who}_pay"))
                 ids = ids + pay
