@@ -67,6 +67,7 @@ class PretrainConfig:
     skill_frac: float = 0.3  # share of skill documents in the corpus
     sized: float = 0.0  # share of colour questions (on tables with sizes) that also name a size; shipped base: 0
     skill_steps: int = 5000  # curriculum: the first skill_steps batches are lookup skill documents alone
+    curriculum_episodes: float = 0.0  # share of weak-agent episodes mixed into the curriculum (shipped base: 0)
     eval_every: int = 1000  # steps between calibration checks (student / teacher success on training seeds)
     eval_episodes: int = 128
     temperature: float = 0.75  # the algorithms' sampling temperature
@@ -242,12 +243,17 @@ def encode_pieces(pieces):
 
 def get_batch(cfg, rng, env, device="cpu", step=None):
     """x, y (B, T) for next-token prediction; y = -1 where a token carries no loss, and on padding. Batches before
-    step `cfg.skill_steps` are lookup documents alone (the curriculum)."""
-    if step is not None and step < cfg.skill_steps:
+    step `cfg.skill_steps` are lookup documents alone (the curriculum), or with `curriculum_episodes` > 0 that share
+    of weak-agent episodes among them (their PI lines from the first step: where the first base learned to copy)."""
+    curriculum = step is not None and step < cfg.skill_steps
+    if curriculum and cfg.curriculum_episodes == 0:  # the shipped base's curriculum, batch for batch
         return collate([encode_pieces(skill_pieces(rng, LOOKUPS, cfg.sized)) for _ in range(cfg.batch_size)], device)
     seqs = []
     for _ in range(cfg.batch_size):
-        if rng.random() < cfg.skill_frac:
+        if curriculum:
+            pieces = (skill_pieces(rng, LOOKUPS, cfg.sized) if rng.random() >= cfg.curriculum_episodes else
+                      episode_pieces(env, rng.randrange(PRETRAIN_SEED0, 2 * PRETRAIN_SEED0), cfg, rng))
+        elif rng.random() < cfg.skill_frac:
             pieces = skill_pieces(rng, sized=cfg.sized)
         else:
             pieces = episode_pieces(env, rng.randrange(PRETRAIN_SEED0, 2 * PRETRAIN_SEED0), cfg, rng)

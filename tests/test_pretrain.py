@@ -151,3 +151,16 @@ def test_curriculum_starts_with_lookup_documents_alone():
         assert len(questions) == 4
         assert all(q.split()[0] in ("price", "stock") or q in COLORS for q in questions)
     assert sum(not t.startswith("<|sys|> skill") for t in texts(2)) > 0  # the mixed corpus from step skill_steps on
+
+
+def test_curriculum_episodes_mix_episodes_into_the_curriculum_only_when_asked():
+    env = make("toy_shop")
+    for share, lo, hi in ((0.0, 0, 0), (0.5, 20, 44), (1.0, 64, 64)):
+        cfg = P.PretrainConfig(batch_size=64, skill_steps=2, curriculum_episodes=share)
+        texts = [tk.decode(row.tolist()) for row in P.get_batch(cfg, random.Random(1), env, step=1)[0]]
+        episodes = [t for t in texts if not t.startswith("<|sys|> skill")]
+        assert lo <= len(episodes) <= hi and all("<|agent|>" in t for t in episodes)
+        skills = [t for t in texts if t.startswith("<|sys|> skill")]  # the rest are the curriculum's lookups
+        questions = [line.split("<|user|> ")[1] for t in skills for line in t.split("\n")
+                     if line.startswith("<|user|>")]
+        assert all(q.split()[0] in ("price", "stock") or q in COLORS for q in questions)
