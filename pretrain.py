@@ -250,11 +250,8 @@ def get_batch(cfg, rng, env, device="cpu", step=None):
         return collate([encode_pieces(skill_pieces(rng, LOOKUPS, cfg.sized)) for _ in range(cfg.batch_size)], device)
     seqs = []
     for _ in range(cfg.batch_size):
-        if curriculum:
-            pieces = (skill_pieces(rng, LOOKUPS, cfg.sized) if rng.random() >= cfg.curriculum_episodes else
-                      episode_pieces(env, rng.randrange(PRETRAIN_SEED0, 2 * PRETRAIN_SEED0), cfg, rng))
-        elif rng.random() < cfg.skill_frac:
-            pieces = skill_pieces(rng, sized=cfg.sized)
+        if (rng.random() >= cfg.curriculum_episodes) if curriculum else (rng.random() < cfg.skill_frac):
+            pieces = skill_pieces(rng, LOOKUPS if curriculum else None, cfg.sized)
         else:
             pieces = episode_pieces(env, rng.randrange(PRETRAIN_SEED0, 2 * PRETRAIN_SEED0), cfg, rng)
         seqs.append(encode_pieces(pieces))
