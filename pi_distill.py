@@ -23,8 +23,10 @@ reward that both terms share (`--student_kl=reward` runs exactly that). Here the
 alone and its KL is Eq. 3's differentiable term. Folded, the KL *penalises the student on the teacher episodes it
 disagrees with most* — the ones it has to learn from — and a near-deterministic teacher makes most groups identical,
 so dropped: the student did not learn and the run collapsed. `--beta_student` weighs the student's KL term apart
-from the β in the teacher's reward (an ablation; by default both are β). The student's off-policy ratio π^S_θ /
-π^T_old is also capped where A < 0 (`--dual_clip`, grpo.clipped_surrogate). α = 0 still collapses here (README).
+from the β in the teacher's reward (an ablation; by default both are β); `--student_baseline=0` gives the student
+term R itself instead of R − group mean, Eq. 3 as written (an ablation; no gain measured, README). The student's
+off-policy ratio π^S_θ / π^T_old is also capped where A < 0 (`--dual_clip`, grpo.clipped_surrogate). α = 0 still
+collapses here (README).
 The learning rate is 1e-4, half the first base's: at 2e-4 the shipped base's teacher view broke within 3-8 rounds
 on two seeds of three — its episodes shortened to `profile` with no argument and `say none`, both views at 0% —
 with the dual clip at 3, 1.2 or off, at β = 0.05, with the student's KL weight at 0.25 or 0.1, and at α = 0 (only
@@ -61,6 +63,7 @@ class Config:
     beta: float = 0.25  # weight of the KL between the views: in the teacher's reward, and in the student's loss
     student_kl: str = "loss"  # loss: Eq. 3's KL term in the student loss, R alone in its advantage; reward: Alg. 1
     beta_student: float = -1.0  # with student_kl=loss: the student KL term's weight apart from β (< 0: β itself)
+    student_baseline: bool = True  # with student_kl=loss: the student's advantage R − group mean; False: R (Eq. 3)
     steps: int = 150  # sampling rounds
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task
@@ -82,6 +85,18 @@ def alpha_at(step, cfg):
     if 0 < cfg.alpha < 1 and cfg.alpha_warmup > 0:
         return cfg.alpha * min(1.0, step / cfg.alpha_warmup)
     return cfg.alpha
+
+
+def student_advantages(rewards, k, baseline=True):
+    """The student term's advantages on the teacher's episodes: rewards (B,) in groups of k -> (adv (B,), keep (B,)).
+
+    With the baseline: R − group mean, groups all alike dropped (Algorithm 1, step 3; grpo.centred_advantages).
+    Without: R itself, Eq. 3 as written (E_{o ~ π^T}[π^S / sg π^T · R]) — every rewarded teacher episode teaches the
+    student, also in a group where all four succeeded, which has no advantage to give; episodes with R = 0 send
+    nothing."""
+    if baseline:
+        return centred_advantages(rewards, k)
+    return rewards.clone(), rewards != 0
 
 
 class View(NamedTuple):
@@ -138,7 +153,8 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
         kl, lp_t = kl_teacher_student(model, played, cfg.pi, with_teacher=True)  # (B,), (N, V); no gradient
         reward = played.rewards - cfg.beta * kl  # Algorithm 1: the KL folded into the teacher's reward
         adv_t, keep_t = centred_advantages(reward, K)
-        adv_s, keep_s = centred_advantages(played.rewards, K) if cfg.student_kl == "loss" else (adv_t, keep_t)
+        adv_s, keep_s = (student_advantages(played.rewards, K, cfg.student_baseline) if cfg.student_kl == "loss"
+                         else (adv_t, keep_t))
         teacher = view(played.episodes, adv_t, keep_t, device)
         student = view(student_view(played, cfg.pi), adv_s, keep_s, device)
         lp_t = lp_t if cfg.student_kl == "loss" else None
@@ -179,10 +195,13 @@ def main(argv=None):
         raise SystemExit(f"error: --alpha must lie in [0, 1], got {cfg.alpha}")
     if cfg.student_kl not in ("loss", "reward"):
         raise SystemExit(f"error: --student_kl must be loss or reward, got {cfg.student_kl!r}")
+    if cfg.student_kl == "reward" and not cfg.student_baseline:
+        raise SystemExit("error: --student_baseline=0 needs --student_kl=loss (reward shares the teacher's advantages)")
     pool, with_pi = pi_tasks(cfg)
     cfg.run = cfg.run or (f"pi_distill_{cfg.pi}_a{cfg.alpha}_b{cfg.beta}_c{cfg.pi_coverage}"
                           f"{f'_bs{cfg.beta_student}' if cfg.beta_student >= 0 else ''}"
-                          f"{'_r' if cfg.student_kl == 'reward' else ''}_s{cfg.seed}")
+                          f"{'_r' if cfg.student_kl == 'reward' else ''}{'' if cfg.student_baseline else '_nb'}"
+                          f"_s{cfg.seed}")
     run = Run(cfg, cfg.run)
     model, ckpt = run.load_model()
     opts = {"opt": torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))}
@@ -219,10 +238,16 @@ def main(argv=None):
         method += f" ({cfg.pi}, β={cfg.beta:g}, coverage {cfg.pi_coverage:g})"
     if cfg.pi_coverage > 0 and cfg.beta_student >= 0:
         method += f" (student KL weight {cfg.beta_student:g})"
+    if cfg.pi_coverage > 0 and not cfg.student_baseline:
+        method += " (student advantage R, no baseline)"
     if 0 < cfg.alpha < 1 and cfg.alpha_warmup != Config.alpha_warmup:
         method += f" (α warm-up {cfg.alpha_warmup})"
     if cfg.steps != Config.steps:  # a row of its own in the results table, not pooled with the default budget
         method += f" ({cfg.steps} rounds)"
+    knobs = [f"{k} {getattr(cfg, k):g}" for k in ("lr", "grad_steps", "tasks", "k")
+             if getattr(cfg, k) != getattr(Config, k)]
+    if knobs:  # likewise: a run at another learning rate or batch is not pooled with the default row
+        method += f" ({', '.join(knobs)})"
     return run.finish(method, heldout_success=final["heldout_success"], teacher_pi_success=final["teacher_pi_success"],
                       n=cfg.final_n)
 

@@ -147,7 +147,8 @@ def main(argv=None):
     run.save(model, opts, "done", step)
     sft = f"SFT w/{'' if cfg.cot else 'o'} CoT" if cfg.sft_steps else ""
     method = " + ".join(x for x in (sft, "RL" if cfg.rl_steps else "") if x) or "base"
-    budget = {k: getattr(cfg, k) for k in ("n_expert", "sft_steps", "rl_steps", "sft_lr_end")
+    budget = {k: getattr(cfg, k) for k in ("n_expert", "sft_steps", "rl_steps", "sft_lr_end", "sft_lr", "sft_batch",
+                                           "rl_lr")
               if getattr(cfg, k) != getattr(Config, k) and not (k.endswith("_steps") and getattr(cfg, k) == 0)}
     if budget:  # a row of its own in the results table, not pooled with the default budget
         method += " (" + ", ".join(f"{k} {v}" for k, v in budget.items()) + ")"

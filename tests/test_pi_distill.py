@@ -88,6 +88,16 @@ def test_student_kl_term_is_the_forward_kl_to_the_detached_teacher():
     assert D.distill_loss(model, t_view, s_view, 1.0, 0.75, 0.2, beta=0.25, lp_t=lp_t)[0].item() == 0.0
 
 
+def test_student_advantages_with_and_without_the_group_baseline():
+    """Hand-worked: one group where all four succeeded, one where one of four did."""
+    rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    adv, keep = D.student_advantages(rewards, 4, baseline=True)
+    assert adv.tolist() == [0.0, 0.0, 0.0, 0.0, 0.75, -0.25, -0.25, -0.25]
+    assert keep.tolist() == [False] * 4 + [True] * 4
+    adv, keep = D.student_advantages(rewards, 4, baseline=False)
+    assert adv.tolist() == rewards.tolist() and keep.tolist() == [True] * 5 + [False] * 3
+
+
 def test_alpha_warmup():
     cfg = D.Config(alpha=0.5, alpha_warmup=10)
     assert [D.alpha_at(s, cfg) for s in (0, 5, 10, 50)] == [0.0, 0.25, 0.5, 0.5]
@@ -116,7 +126,7 @@ def test_pi_distill_smoke(tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
     log = [json.loads(line) for line in open(tmp_path / "out" / "smoke" / "log.jsonl")]
     assert len(log) == 3 and all(math.isfinite(r["loss"]) for r in log if "loss" in r)
-    assert summary["method"] == "π-Distill α=0.5 (full, β=0.25, coverage 0.5) (3 rounds)"
+    assert summary["method"] == "π-Distill α=0.5 (full, β=0.25, coverage 0.5) (3 rounds) (lr 0.01, tasks 4)"
     assert any("kl" in r for r in log)
     after, ckpt = load_checkpoint(summary["checkpoint"])
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), after.state_dict().values()))
@@ -132,12 +142,18 @@ def test_folded_kl_smoke_and_a_bad_mode(tmp_path, monkeypatch, capsys):
                       "--eval_n=2", "--final_n=2", "--run=folded", "--student_kl=reward"])
     assert "folded KL" in summary["method"]
     apart = D.main([f"--init={tmp_path / 'init.pt'}", "--steps=1", "--tasks=2", "--n_tasks=4", "--eval_every=1",
-                    "--eval_n=2", "--final_n=2", "--beta_student=1", "--alpha_warmup=5"])
-    assert apart["method"].endswith("(student KL weight 1) (α warm-up 5) (1 rounds)")
-    assert "_bs1.0_" in apart["checkpoint"]
+                    "--eval_n=2", "--final_n=2", "--beta_student=1", "--alpha_warmup=5", "--student_baseline=0"])
+    assert apart["method"].endswith("(student KL weight 1) (student advantage R, no baseline) (α warm-up 5) (1 rounds) "
+                                    "(tasks 2)")
+    assert "_bs1.0_nb_" in apart["checkpoint"]
     try:
         D.main(["--student_kl=both"])
         raise AssertionError("expected an error")
     except SystemExit as e:
         assert "--student_kl must be loss or reward" in str(e)
+    try:
+        D.main(["--student_kl=reward", "--student_baseline=0"])
+        raise AssertionError("expected an error")
+    except SystemExit as e:
+        assert "--student_baseline=0 needs --student_kl=loss" in str(e)
 

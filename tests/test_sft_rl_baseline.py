@@ -40,7 +40,8 @@ def test_three_steps_of_each_phase_and_resume(tmp_path, monkeypatch, capsys):
             "--eval_every=3", "--eval_n=4", "--final_n=4", "--cot=1", "--run=smoke", "--sft_lr=1e-2"]
     summary = S.main(args)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
-    assert summary["method"] == "SFT w/ CoT + RL (n_expert 16, sft_steps 3, rl_steps 3)"  # not pooled with defaults
+    # not pooled with the defaults' rows
+    assert summary["method"] == "SFT w/ CoT + RL (n_expert 16, sft_steps 3, rl_steps 3, sft_lr 0.01)"
     log = [json.loads(line) for line in open(tmp_path / "out" / "smoke" / "log.jsonl")]
     assert [r["phase"] for r in log if "heldout_success" in r] == ["sft", "rl"]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
@@ -66,8 +67,9 @@ def test_sft_lr_follows_the_cosine_to_its_end(tmp_path, monkeypatch):
     tiny_checkpoint(tmp_path / "init.pt")
     base = [f"--init={tmp_path / 'init.pt'}", "--sft_steps=3", "--rl_steps=0", "--n_expert=8", "--final_n=2",
             "--eval_every=3", "--eval_n=2", "--sft_lr=1e-2"]
-    for extra, lr, label in ((["--sft_lr_end=0.1"], 0.325e-2, "SFT w/o CoT (n_expert 8, sft_steps 3, sft_lr_end 0.1)"),
-                             ([], 1e-2, "SFT w/o CoT (n_expert 8, sft_steps 3)")):
+    for extra, lr, label in ((["--sft_lr_end=0.1"], 0.325e-2,
+                              "SFT w/o CoT (n_expert 8, sft_steps 3, sft_lr_end 0.1, sft_lr 0.01)"),
+                             ([], 1e-2, "SFT w/o CoT (n_expert 8, sft_steps 3, sft_lr 0.01)")):
         summary = S.main(base + extra + [f"--run=lr{len(extra)}"])
         _, ckpt = load_checkpoint(summary["checkpoint"])
         assert abs(ckpt["sft_opt"]["param_groups"][0]["lr"] - lr) < 1e-9
