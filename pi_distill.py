@@ -101,7 +101,8 @@ def student_advantages(rewards, k, baseline=True):
 
 class View(NamedTuple):
     """One view of a batch of teacher episodes, on the device: ids, agent mask (B, T); logp_old = π^T_old at the
-    sampled tokens (B, T); adv (B,); keep (B,) 1.0 for the episodes of informative groups (the clipped terms)."""
+    sampled tokens (B, T); adv (B,); keep (B,) 1.0 for the episodes the clipped term uses: those of informative
+    groups, or for the student without its baseline the rewarded ones (student_advantages)."""
     ids: torch.Tensor
     mask: torch.Tensor
     logp_old: torch.Tensor
