@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from config import parse_args
 from env import LEVELS, PI_FORMS, TEST_SEEDS, TRAIN_SEEDS, build_world, expert_act, make, render, solve
+from grpo import trimmed
 from model import CheckpointError, kl_div, load_checkpoint, pick_device, vocab_logprobs
 from rollout import play, student_view
 from tokenizer import encode
@@ -81,9 +82,10 @@ def kl_teacher_student(model, played, pi, with_teacher=False):
     """KL_seq(π^T ‖ π^S) per episode: Σ over agent tokens of Σ_v p_T(v) (log p_T(v) − log p_S(v)), exact over the
     vocabulary, scored on the teacher's own samples (the quantity in π-Distill's reward, Eq. 2). With
     `with_teacher`, also the teacher's log-softmax at those tokens (N, V), the sg π^T of π-Distill's student term."""
-    ep, st, device = played.episodes, student_view(played, pi), model.wte.weight.device
-    lp_t = vocab_logprobs(model(ep.ids.to(device))[0], ep.mask.to(device))  # (N, V), agent tokens, row-major order
-    lp_s = vocab_logprobs(model(st.ids.to(device))[0], st.mask.to(device))  # (N, V), the same tokens, same order
+    ep, device = played.episodes, model.wte.weight.device
+    (ids_t, mask_t, _), (ids_s, mask_s, _) = trimmed(ep, device), trimmed(student_view(played, pi), device)
+    lp_t = vocab_logprobs(model(ids_t)[0], mask_t)  # (N, V), agent tokens, row-major order
+    lp_s = vocab_logprobs(model(ids_s)[0], mask_s)  # (N, V), the same tokens, same order
     per_token = kl_div(lp_t, lp_s).cpu()  # (N,) KL(π^T ‖ π^S) at each agent token
     rows = torch.arange(ep.ids.size(0)).repeat_interleave(ep.mask.sum(1))
     kl_seq = torch.zeros(ep.ids.size(0)).index_add_(0, rows, per_token)

@@ -76,8 +76,8 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator):
     lp_t, kl_seq = None, torch.zeros(len(with_pi))
     if with_pi.any():
         with torch.no_grad():  # sg π^T: the teacher's full log-softmax at every student-sampled agent token
-            tv = teacher_view(played, cfg.pi)
-            lp_t = vocab_logprobs(model(tv.ids.to(device))[0], tv.mask * with_pi[:, None])
+            tv_ids, tv_mask, _ = trimmed(teacher_view(played, cfg.pi), device)
+            lp_t = vocab_logprobs(model(tv_ids)[0], tv_mask * with_pi[:, None].to(device))
             per_token = reverse_kl(model(ids)[0], kl_mask, lp_t)
             rows = torch.arange(len(with_pi)).repeat_interleave(kl_mask.sum(1).long().cpu())
             kl_seq = torch.zeros(len(with_pi)).index_add_(0, rows, per_token.cpu())
