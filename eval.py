@@ -78,13 +78,14 @@ def evaluate(model, seeds, pi=None, level="L2", temperature=0.0, seed=0, batch=1
 
 
 @torch.no_grad()
-def kl_teacher_student(model, played, pi, with_teacher=False):
+def kl_teacher_student(model, played, pi, with_teacher=False, teacher=None):
     """KL_seq(π^T ‖ π^S) per episode: Σ over agent tokens of Σ_v p_T(v) (log p_T(v) − log p_S(v)), exact over the
     vocabulary, scored on the teacher's own samples (the quantity in π-Distill's reward, Eq. 2). With
-    `with_teacher`, also the teacher's log-softmax at those tokens (N, V), the sg π^T of π-Distill's student term."""
+    `with_teacher`, also the teacher's log-softmax at those tokens (N, V), the sg π^T of π-Distill's student term.
+    `teacher`: another network for the teacher view (pi_distill.py --frozen_teacher); by default `model` is both."""
     ep, device = played.episodes, model.wte.weight.device
     (ids_t, mask_t, _), (ids_s, mask_s, _) = trimmed(ep, device), trimmed(student_view(played, pi), device)
-    lp_t = vocab_logprobs(model(ids_t)[0], mask_t)  # (N, V), agent tokens, row-major order
+    lp_t = vocab_logprobs((teacher or model)(ids_t)[0], mask_t)  # (N, V), agent tokens, row-major order
     lp_s = vocab_logprobs(model(ids_s)[0], mask_s)  # (N, V), the same tokens, same order
     per_token = kl_div(lp_t, lp_s).cpu()  # (N,) KL(π^T ‖ π^S) at each agent token
     rows = torch.arange(ep.ids.size(0)).repeat_interleave(ep.mask.sum(1))

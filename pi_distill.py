@@ -24,7 +24,9 @@ alone and its KL is Eq. 3's differentiable term. Folded, the KL *penalises the s
 disagrees with most* — the ones it has to learn from — and a near-deterministic teacher makes most groups identical,
 so dropped: the student did not learn and the run collapsed. `--beta_student` weighs the student's KL term apart
 from the β in the teacher's reward (an ablation; by default both are β); `--student_baseline=0` gives the student
-term R itself instead of R − group mean, Eq. 3 as written (an ablation; no gain measured, README). The student's
+term R itself instead of R − group mean, Eq. 3 as written (an ablation; no gain measured, README);
+`--frozen_teacher=1` (with α = 0) is a diagnostic, not the paper: a fixed copy of the start plays and scores the
+teacher view, so the student learns from it without moving it (README, "What holds the student"). The student's
 off-policy ratio π^S_θ / π^T_old is also capped where A < 0 (`--dual_clip`, grpo.clipped_surrogate). α = 0 still
 collapses here (README).
 The learning rate is 1e-4, half the first base's: at 2e-4 the shipped base's teacher view broke within 3-8 rounds
@@ -72,6 +74,7 @@ class Config:
     grad_steps: int = 2  # gradient steps per round
     clip: float = 0.2  # ratio clip range [1 - clip, 1 + clip]
     dual_clip: float = 3.0  # cap of the student's off-policy ratio where A < 0 (0 = none, as in the paper)
+    frozen_teacher: bool = False  # diagnostic: the teacher view is a frozen copy of the start (needs alpha=0)
     eval_every: int = 25
     eval_n: int = 200  # held-out episodes per periodic evaluation
     final_n: int = 500  # held-out episodes for the final numbers
@@ -138,20 +141,23 @@ def view(episodes, adv, keep, device):
     return View(*trimmed(episodes, device), adv.to(device), keep.float().to(device))
 
 
-def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
+def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher_model=None):
     """One round of Algorithm 1 over `seeds`; those without PI are student GRPO. -> (stats, teacher episodes).
 
     The teacher's advantage comes from R − β·KL_seq (Eq. 2). The student's depends on `cfg.student_kl`: `loss` (the
     default) takes R alone and adds Eq. 3's β·KL(sg π^T ‖ π^S) as a loss term on every teacher episode; `reward` is
-    Algorithm 1 verbatim, the same folded reward for both terms and no student KL term."""
+    Algorithm 1 verbatim, the same folded reward for both terms and no student KL term. `teacher_model` (not the
+    paper: --frozen_teacher) samples and scores the teacher view instead of `model`, which then learns as the
+    student only: what the student term teaches when nothing it learns can move its teacher."""
     t0, device, K = time.time(), next(model.parameters()).device, cfg.k
     pi_seeds, plain_seeds = [s for s in seeds if has_pi(s)], [s for s in seeds if not has_pi(s)]
     model.eval()
     batches, stats, shown, tokens = [], {"alpha": alpha}, None, 0
 
     if pi_seeds:
-        played = play(model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=cfg.temperature, generator=generator)
-        kl, lp_t = kl_teacher_student(model, played, cfg.pi, with_teacher=True)  # (B,), (N, V); no gradient
+        played = play(teacher_model or model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=cfg.temperature,
+                      generator=generator)
+        kl, lp_t = kl_teacher_student(model, played, cfg.pi, True, teacher_model)  # (B,), (N, V); no gradient
         reward = played.rewards - cfg.beta * kl  # Algorithm 1: the KL folded into the teacher's reward
         adv_t, keep_t = centred_advantages(reward, K)
         adv_s, keep_s = (student_advantages(played.rewards, K, cfg.student_baseline) if cfg.student_kl == "loss"
@@ -198,22 +204,26 @@ def main(argv=None):
         raise SystemExit(f"error: --student_kl must be loss or reward, got {cfg.student_kl!r}")
     if cfg.student_kl == "reward" and not cfg.student_baseline:
         raise SystemExit("error: --student_baseline=0 needs --student_kl=loss (reward shares the teacher's advantages)")
+    if cfg.frozen_teacher and cfg.alpha != 0:
+        raise SystemExit("error: --frozen_teacher=1 trains the student term alone; it needs --alpha=0")
     pool, with_pi = pi_tasks(cfg)
     cfg.run = cfg.run or (f"pi_distill_{cfg.pi}_a{cfg.alpha}_b{cfg.beta}_c{cfg.pi_coverage}"
                           f"{f'_bs{cfg.beta_student}' if cfg.beta_student >= 0 else ''}"
                           f"{'_r' if cfg.student_kl == 'reward' else ''}{'' if cfg.student_baseline else '_nb'}"
+                          f"{'_frozen' if cfg.frozen_teacher else ''}"
                           f"_s{cfg.seed}")
     run = Run(cfg, cfg.run)
     model, ckpt = run.load_model()
     opts = {"opt": torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))}
     phase, step = run.restore(ckpt, opts) if cfg.resume else ("rl", 0)
+    teacher_model = run.load_start().eval().requires_grad_(False) if cfg.frozen_teacher else None
     test, train = list(TEST_SEEDS), list(TRAIN_SEEDS)
 
     def evaluate_both(n, row):
         """Held-out student success (greedy) and the teacher's success with PI on training tasks (sampled)."""
         model.eval()
         row["heldout_success"] = evaluate(model, test[:n], level=cfg.level)["success"]
-        row["teacher_pi_success"] = evaluate(model, train[:n], pi=cfg.pi, level=cfg.level,
+        row["teacher_pi_success"] = evaluate(teacher_model or model, train[:n], pi=cfg.pi, level=cfg.level,
                                              temperature=cfg.temperature)["success"]
         model.train()
         return row
@@ -222,7 +232,7 @@ def main(argv=None):
     while phase == "rl" and step < cfg.steps:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         stats, played = distill_round(model, opts["opt"], cfg, run.rng.sample(pool, cfg.tasks), with_pi.__contains__,
-                                      alpha_at(step, cfg), g)
+                                      alpha_at(step, cfg), g, teacher_model)
         step += 1
         if step % cfg.eval_every == 0 or step == cfg.steps:
             run.log(phase, step, evaluate_both(cfg.eval_n, stats))
@@ -241,6 +251,8 @@ def main(argv=None):
         method += f" (student KL weight {cfg.beta_student:g})"
     if cfg.pi_coverage > 0 and not cfg.student_baseline:
         method += " (student advantage R, no baseline)"
+    if cfg.frozen_teacher:
+        method += " (frozen teacher)"
     if 0 < cfg.alpha < 1 and cfg.alpha_warmup != Config.alpha_warmup:
         method += f" (α warm-up {cfg.alpha_warmup})"
     if cfg.steps != Config.steps:  # a row of its own in the results table, not pooled with the default budget

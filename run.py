@@ -47,6 +47,15 @@ class Run:
         self.log_file = open(os.path.join(self.dir, "log.jsonl"), "a")
         return model, ckpt
 
+    def load_start(self):
+        """A fresh copy of the weights the run began from (--init, else the env's base model), also on --resume."""
+        from pretrain import ensure_base
+
+        try:
+            return load_checkpoint(self.cfg.init or ensure_base(self.cfg.env), self.device)[0]
+        except CheckpointError as e:
+            sys.exit(f"error: {e}")
+
     def restore(self, ckpt, optimizers):
         """Optimizer and RNG states from a --resume checkpoint: -> (phase, step)."""
         for name, opt in optimizers.items():

@@ -157,3 +157,44 @@ def test_folded_kl_smoke_and_a_bad_mode(tmp_path, monkeypatch, capsys):
     except SystemExit as e:
         assert "--student_baseline=0 needs --student_kl=loss" in str(e)
 
+
+
+
+def test_frozen_teacher_samples_and_scores_the_teacher_view_and_is_never_trained(tmp_path, monkeypatch):
+    """--frozen_teacher=1: a second network B plays and scores the teacher view (the episodes' sampling log-probs and
+    the KL are B's, not the trained model's), B does not move while the model does; with α > 0 a one-line error."""
+    import copy
+
+    from eval import kl_teacher_student
+
+    def tiny(seed):
+        torch.manual_seed(seed)
+        return GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
+
+    model, frozen = tiny(0), tiny(1).eval().requires_grad_(False)
+    model_0, frozen_0 = copy.deepcopy(model), copy.deepcopy(frozen)
+    cfg = D.Config(tasks=2, k=2, alpha=0.0, frozen_teacher=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    stats, played = D.distill_round(model, opt, cfg, [0, 1], lambda s: True, 0.0, torch.Generator().manual_seed(0),
+                                    frozen)
+    ep, m = played.episodes, played.episodes.mask.bool()
+    with torch.no_grad():
+        by_frozen = token_logprobs(frozen_0(ep.ids)[0] / cfg.temperature, ep.ids)
+        by_model = token_logprobs(model_0(ep.ids)[0] / cfg.temperature, ep.ids)
+    assert torch.allclose(ep.logp[m], by_frozen[m], atol=1e-4) and not torch.allclose(ep.logp[m], by_model[m], atol=1e-2)
+    kl_frozen = kl_teacher_student(model_0, played, "full", teacher=frozen_0).mean().item()
+    assert math.isclose(stats["kl"], kl_frozen, rel_tol=1e-4)
+    assert not math.isclose(stats["kl"], kl_teacher_student(model_0, played, "full").mean().item(), rel_tol=1e-2)
+    assert all(torch.equal(a, b) for a, b in zip(frozen.state_dict().values(), frozen_0.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), model_0.state_dict().values()))
+
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(str(tmp_path / "init.pt"), model_0)
+    summary = D.main([f"--init={tmp_path / 'init.pt'}", "--steps=1", "--tasks=2", "--n_tasks=4", "--eval_every=1",
+                      "--eval_n=2", "--final_n=2", "--alpha=0", "--frozen_teacher=1", "--seed=3"])
+    assert summary["method"].endswith("(frozen teacher) (1 rounds) (tasks 2)") and "_frozen_s3" in summary["checkpoint"]
+    try:
+        D.main(["--frozen_teacher=1"])
+        raise AssertionError("expected an error")
+    except SystemExit as e:
+        assert "needs --alpha=0" in str(e)
