@@ -164,3 +164,28 @@ def test_curriculum_episodes_mix_episodes_into_the_curriculum_only_when_asked():
         questions = [line.split("<|user|> ")[1] for t in skills for line in t.split("\n")
                      if line.startswith("<|user|>")]
         assert all(q.split()[0] in ("price", "stock") or q in COLORS for q in questions)
+
+
+def test_make_base_runs_the_recipe_two_runs_back_to_back(tmp_path, monkeypatch):
+    """make_base: the first run stops at --stop_at on its long schedule, the second continues from its weights into
+    base/<env>.pt; the shipped recipe's options all parse."""
+    from config import parse_args
+
+    for stage in P.BASE_RECIPE:
+        parse_args(P.PretrainConfig(), stage.split())  # an unknown or mistyped key would end the run here
+    monkeypatch.setattr(P, "BASE_PATH", str(tmp_path / "base" / "{env}.pt"))
+    tiny = "--batch_size=4 --eval_episodes=2 --warmup=1"
+    recipe = (f"--steps=50 --stop_at=2 --eval_every=5 {tiny}", f"--steps=1 --eval_every=1 --seed=1 {tiny}")
+    summary = P.make_base("toy_shop", recipe)
+    first, first_ckpt = load_checkpoint(str(tmp_path / "base" / "toy_shop.stage1.pt"))
+    assert first_ckpt["step"] == 2 and first_ckpt["pretrain_config"]["steps"] == 50
+    assert [json.loads(line)["step"] for line in open(tmp_path / "base" / "toy_shop.stage1.log.jsonl")] == [2]
+    _, ckpt = load_checkpoint(summary["checkpoint"])
+    assert summary["checkpoint"] == str(tmp_path / "base" / "toy_shop.pt") and ckpt["step"] == 1
+    assert ckpt["pretrain_config"]["init"] == str(tmp_path / "base" / "toy_shop.stage1.pt")
+
+    calls = []  # the command line: no options but env/device/workers -> the recipe; any other option -> one run
+    monkeypatch.setattr(P, "make_base", lambda env, extra=(): calls.append(("recipe", env, list(extra))))
+    monkeypatch.setattr(P, "main", lambda args: calls.append(("run", args)))
+    P.cli([]), P.cli(["--env=toy_shop", "--device=cpu"]), P.cli(["--steps=5", "--out=x.pt"])
+    assert calls == [("recipe", "toy_shop", []), ("recipe", "toy_shop", ["--device=cpu"]), ("run", ["--steps=5", "--out=x.pt"])]
