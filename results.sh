@@ -3,7 +3,7 @@
 # minutes, two run side by side with one thread each; rebuild only the table: python eval.py --table=1), then the
 # README's learning curves: SFT for 500 / 2,000 / 8,000 expert episodes with and without CoT, SFT w/o CoT for 15-20
 # minutes, and π-Distill at 300 rounds and RL at 300 rounds (about 1¾ more hours). The base model itself: python
-# pretrain.py (60 minutes).
+# pretrain.py (two runs, about 2 hours).
 set -euo pipefail
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=1
@@ -34,9 +34,10 @@ for n in 500 2000 8000; do                                         # SFT learnin
 done
 python eval.py --curves="out/curve_*" --readme="sft curves"
 pair python sft_rl_baseline.py --cot=0 --n_expert=8000 --sft_steps=2400 --rl_steps=0 --eval_every=200 --sft_lr_end=0.1 --run=sft_n8000_2400
-python sft_rl_baseline.py --cot=0 --n_expert=16000 --sft_steps=3000 --rl_steps=0 --eval_every=250 --sft_lr_end=0.1 --run=sft_n16000_3000
+python sft_rl_baseline.py --cot=0 --n_expert=16000 --sft_steps=2400 --rl_steps=0 --eval_every=400 --sft_lr_end=0.1 --run=sft_n16000_2400
 wait                                                               # gate G4: SFT w/o CoT given 15-20 minutes
-python eval.py --curves="out/sft_n8000_2400,out/sft_n16000_3000" --readme="sft long"
+python sft_rl_baseline.py --cot=0 --n_expert=16000 --sft_steps=3000 --rl_steps=0 --eval_every=500 --sft_lr_end=0.1 --run=sft_n16000_3000
+python eval.py --curves="out/sft_n*" --readme="sft long"
 pair python pi_distill.py --steps=300 --seed=0 --run=pid_300_s0    # π-Distill, twice the default budget
 python pi_distill.py --steps=300 --seed=1 --run=pid_300_s1
 wait
