@@ -140,7 +140,7 @@ def pi_copy(model, seeds, level="L2"):
         swapped, the payment over true and flipped): 1 = copies its PI, whatever it says; a teacher that ignores
         its PI gives the payment ~0.5 (the two lines name opposite payments);
       student_id / student_pay: the student view (no PI line) at the expert's own tokens: what reading alone gives.
-    (A diagnostic of this project: the shipped base's teacher copies the id and not the payment, README.)"""
+    (A diagnostic of this project: the curriculum base's teacher, sessions 5-10, copied the id and not the payment.)"""
     device, rng, env = model.wte.weight.device, random.Random(0), make("toy_shop", level)
     texts, probes = [], []  # probes: (text index, position, token id, which number)
     for seed in seeds:

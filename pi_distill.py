@@ -29,7 +29,7 @@ term R itself instead of R − group mean, Eq. 3 as written (an ablation; no gai
 teacher view, so the student learns from it without moving it (README, "What holds the student"). The student's
 off-policy ratio π^S_θ / π^T_old is also capped where A < 0 (`--dual_clip`, grpo.clipped_surrogate). α = 0 still
 collapses here (README).
-The learning rate is 1e-4, half the first base's: at 2e-4 the shipped base's teacher view broke within 3-8 rounds
+The learning rate is 1e-4, half the first base's: at 2e-4 the curriculum base's teacher view broke within 3-8 rounds
 on two seeds of three — its episodes shortened to `profile` with no argument and `say none`, both views at 0% —
 with the dual clip at 3, 1.2 or off, at β = 0.05, with the student's KL weight at 0.25 or 0.1, and at α = 0 (only
 without the student's KL term did 12 rounds pass unbroken); at 1e-4 no seed broke (README, "what it took").
@@ -70,7 +70,7 @@ class Config:
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task
     temperature: float = 0.75
-    lr: float = 1e-4  # 2e-4 (the first base's) breaks the shipped base's teacher within 3-8 rounds (README)
+    lr: float = 1e-4  # 2e-4 (the first base's) broke the curriculum base's teacher in 3-8 rounds (README)
     grad_steps: int = 2  # gradient steps per round
     clip: float = 0.2  # ratio clip range [1 - clip, 1 + clip]
     dual_clip: float = 3.0  # cap of the student's off-policy ratio where A < 0 (0 = none, as in the paper)

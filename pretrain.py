@@ -67,7 +67,7 @@ class PretrainConfig:
     env: str = "toy_shop"
     level: str = "L2"
     model: str = "tiny"  # tiny | small
-    steps: int = 10000  # optimizer steps (the shipped base: 10,000, 60 min on a 2-core CPU); 0: run for `minutes`
+    steps: int = 10000  # optimizer steps (the curriculum base: 10,000, 60 min on a 2-core CPU); 0: `minutes`
     minutes: float = 50.0  # with --steps=0, the wall-clock budget; the step count is estimated from the first steps
     batch_size: int = 64  # sequences per step (episodes or skill documents)
     lr: float = 2e-3
@@ -258,7 +258,7 @@ def get_batch(cfg, rng, env, device="cpu", step=None):
     step `cfg.skill_steps` are lookup documents alone (the curriculum), or with `curriculum_episodes` > 0 that share
     of weak-agent episodes among them (their PI lines from the first step: where the first base learned to copy)."""
     curriculum = step is not None and step < cfg.skill_steps
-    if curriculum and cfg.curriculum_episodes == 0:  # the shipped base's curriculum, batch for batch
+    if curriculum and cfg.curriculum_episodes == 0:  # the curriculum base's curriculum, batch for batch
         return collate([encode_pieces(skill_pieces(rng, LOOKUPS, cfg.sized)) for _ in range(cfg.batch_size)], device)
     seqs = []
     for _ in range(cfg.batch_size):
