@@ -157,7 +157,8 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher_mode
     if pi_seeds:
         played = play(teacher_model or model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=cfg.temperature,
                       generator=generator)
-        kl, lp_t = kl_teacher_student(model, played, cfg.pi, True, teacher_model)  # (B,), (N, V); no gradient
+        kl, lp_t = kl_teacher_student(model, played, cfg.pi, with_teacher=True,
+                                      teacher=teacher_model)  # (B,), (N, V); no gradient
         reward = played.rewards - cfg.beta * kl  # Algorithm 1: the KL folded into the teacher's reward
         adv_t, keep_t = centred_advantages(reward, K)
         adv_s, keep_s = (student_advantages(played.rewards, K, cfg.student_baseline) if cfg.student_kl == "loss"
