@@ -37,6 +37,10 @@ pair python sft_rl_baseline.py --cot=0 --n_expert=8000 --sft_steps=2400 --rl_ste
 python sft_rl_baseline.py --cot=0 --n_expert=16000 --sft_steps=2400 --rl_steps=0 --eval_every=400 --sft_lr_end=0.1 --run=sft_n16000_2400
 wait                                                               # gate G4: SFT w/o CoT given 15-20 minutes
 python sft_rl_baseline.py --cot=0 --n_expert=16000 --sft_steps=3000 --rl_steps=0 --eval_every=500 --sft_lr_end=0.1 --run=sft_n16000_3000
+for seed in 1 2; do                                                # G4's 16,000 / 2,400 run, two more seeds
+  pair python sft_rl_baseline.py --cot=0 --n_expert=16000 --sft_steps=2400 --rl_steps=0 --eval_every=400 --sft_lr_end=0.1 --seed=$seed --run=sft_n16000_2400_s$seed
+done
+wait
 python eval.py --curves="out/sft_n*" --readme="sft long"
 pair python pi_distill.py --steps=300 --seed=0 --run=pid_300_s0    # π-Distill, twice the default budget
 python pi_distill.py --steps=300 --seed=1 --run=pid_300_s1
