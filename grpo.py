@@ -28,10 +28,13 @@ def centred_advantages(rewards, k):
     return adv.flatten(), informative_groups(adv).repeat_interleave(k)
 
 
-def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2, dual_clip=None):
+def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2, dual_clip=None, n_tokens=None):
     """The PPO clipped objective per token, as a loss to minimise, normalised by the number of agent tokens.
 
-        L = −Σ_t mask_t · min(ρ_t A, clip(ρ_t, 1 − clip, 1 + clip) A) / Σ_t mask_t,   ρ_t = exp(logp_new − logp_old)
+        L = −Σ_t mask_t · min(ρ_t A, clip(ρ_t, 1 − clip, 1 + clip) A) / N,   ρ_t = exp(logp_new − logp_old)
+
+    N = Σ_t mask_t, the tokens the term uses, unless `n_tokens` gives another count (π-Distill: every agent token of
+    the round's batch, those of dropped groups included).
 
     logp_new, logp_old, mask: (B, T); advantages: (B,) one per episode, broadcast over its tokens. `logp_old` is
     detached here: it is π_old in GRPO, π^T_old in π-Distill's student term (the ratio π^S_θ / sg π^T_old).
@@ -50,7 +53,7 @@ def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2, dual_clip=
     objective = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)  # (B, T)
     if dual_clip is not None:
         objective = torch.where(adv < 0, torch.maximum(objective, dual_clip * adv), objective)
-    return -(objective * mask).sum() / mask.sum().clamp_min(1)
+    return -(objective * mask).sum() / (mask.sum().clamp_min(1) if n_tokens is None else n_tokens)
 
 
 def entropy(logits, mask):

@@ -35,6 +35,10 @@ with the dual clip at 3, 1.2 or off, at β = 0.05, with the student's KL weight 
 without the student's KL term did 12 rounds pass unbroken); at 1e-4 no seed broke (README, "what it took").
 Also: ratios are taken at the sampling temperature (grpo.clipped_surrogate's docstring says why); the KL term is at
 temperature 1 and uses the teacher's log-probs from the round's sampling weights for all `grad_steps` steps.
+Speed, not a change of the algorithm: the teacher samples near-deterministically, so most groups are K copies of one
+episode. Each distinct episode is scored and trained once, weighted by its copies (rollout.distinct, View), and the
+teacher term runs only on the episodes of informative groups: the same loss and gradient as the full batch (tested),
+for about a third of the forward and backward passes.
 """
 
 import time
@@ -48,7 +52,7 @@ from env import TEST_SEEDS, TRAIN_SEEDS
 from eval import evaluate, kl_teacher_student
 from grpo import centred_advantages, clipped_surrogate, entropy, trimmed, update
 from model import kl_div, token_logprobs, vocab_logprobs
-from rollout import play, show_episode, student_view
+from rollout import distinct, play, show_episode, student_view
 from run import Run, pi_tasks
 
 
@@ -74,6 +78,7 @@ class Config:
     grad_steps: int = 2  # gradient steps per round
     clip: float = 0.2  # ratio clip range [1 - clip, 1 + clip]
     dual_clip: float = 3.0  # cap of the student's off-policy ratio where A < 0 (0 = none, as in the paper)
+    token_norm: str = "batch"  # clipped terms over the round's agent tokens (batch) or over the tokens they use (kept)
     frozen_teacher: bool = False  # diagnostic: the teacher view is a frozen copy of the start (needs alpha=0)
     eval_every: int = 25
     eval_n: int = 200  # held-out episodes per periodic evaluation
@@ -103,42 +108,58 @@ def student_advantages(rewards, k, baseline=True):
 
 
 class View(NamedTuple):
-    """One view of a batch of teacher episodes, on the device: ids, agent mask (B, T); logp_old = π^T_old at the
-    sampled tokens (B, T); adv (B,); keep (B,) 1.0 for the episodes the clipped term uses: those of informative
-    groups, or for the student without its baseline the rewarded ones (student_advantages)."""
+    """One view of a batch of distinct teacher episodes, on the device: ids, agent mask (B, T); logp_old = π^T_old at
+    the sampled tokens (B, T); adv (B,); weight (B,) how much each episode counts in the clipped term: its number of
+    copies in its group where the term uses it (informative groups; for the student without its baseline the
+    rewarded episodes, student_advantages), else 0; count (B,) its copies, the weight of its tokens in Eq. 3's KL
+    term (None: 1 each). A batch of distinct episodes weighted by their copies gives the loss and gradient of the
+    batch with every copy in it (rollout.distinct), for a third of the forward and backward passes."""
     ids: torch.Tensor
     mask: torch.Tensor
     logp_old: torch.Tensor
     adv: torch.Tensor
-    keep: torch.Tensor
+    weight: torch.Tensor
+    count: torch.Tensor = None
 
 
-def distill_loss(model, teacher, student, alpha, temperature, clip, beta=0.0, lp_t=None, dual_clip=None):
+def distill_loss(model, teacher, student, alpha, temperature, clip, beta=0.0, lp_t=None, dual_clip=None,
+                 n_tokens=None):
     """α·L_T + (1 − α)·(L_S + β·KL(sg π^T ‖ π^S)) on the teacher's episodes (Eq. 4 with Eq. 2 and Eq. 3).
 
-    teacher, student: Views of the same episodes. L_T: clipped ratio π^T_θ / π^T_old (Eq. 2); L_S: clipped ratio
-    π^S_θ / sg π^T_old on the same tokens (Eq. 3); each over the kept episodes' agent tokens, normalised by their
-    count; the student term's off-policy ratio is also capped at `dual_clip` for A < 0. With `lp_t` (N, V), the
-    teacher's log-softmax at every agent token of the student view (row-major order, detached), Eq. 3's own KL term
-    is added as a mean over those tokens, with gradient into the student only.
+    teacher, student: Views of the same episodes (teacher None: no teacher term). L_T: clipped ratio π^T_θ / π^T_old
+    (Eq. 2); L_S: clipped ratio π^S_θ / sg π^T_old on the same tokens (Eq. 3); each over the agent tokens of the
+    episodes it uses, weighted by View.weight and normalised by the weighted token count — or by `n_tokens`, the
+    batch's agent tokens (pi_distill's default, `token_norm`: a round with few informative groups then moves the
+    weights by little, instead of as much as a round full of them); the student term's
+    off-policy ratio is also capped at `dual_clip` for A < 0. With `lp_t` (N, V), the teacher's log-softmax at every
+    agent token of the student view (row-major order, detached), Eq. 3's own KL term is added as a mean over those
+    tokens (each weighted by its episode's count), with gradient into the student only.
     Returns (loss, entropy of the last view scored)."""
-    loss = 0.0
+    loss, ent = 0.0, None
     for weight, v, is_student in ((alpha, teacher, False), (1 - alpha, student, True)):
-        if weight == 0:
+        if weight == 0 or v is None:
             continue
         logits, _ = model(v.ids)
         logp = token_logprobs(logits / temperature, v.ids)
-        loss = loss + weight * clipped_surrogate(logp, v.logp_old, v.adv, v.mask * v.keep[:, None], clip,
-                                                 dual_clip if is_student else None)
+        loss = loss + weight * clipped_surrogate(logp, v.logp_old, v.adv, v.mask * v.weight[:, None], clip,
+                                                 dual_clip if is_student else None, n_tokens)
         if is_student and lp_t is not None and beta > 0:
-            loss = loss + weight * beta * kl_div(lp_t.detach(), vocab_logprobs(logits, v.mask)).mean()
-        ent = entropy(logits.detach(), v.mask)
+            kl = kl_div(lp_t.detach(), vocab_logprobs(logits, v.mask))  # (N,) one per agent token
+            w = torch.ones_like(kl) if v.count is None else v.count.repeat_interleave(v.mask[:, 1:].sum(1).long())
+            loss = loss + weight * beta * (kl * w).sum() / w.sum()
+        ent = entropy(logits.detach(), v.mask if v.count is None else v.mask * v.count[:, None])
     return loss, ent
 
 
-def view(episodes, adv, keep, device):
-    """rollout.Episodes + advantages and kept episodes -> a View on `device` (every episode, trimmed)."""
-    return View(*trimmed(episodes, device), adv.to(device), keep.float().to(device))
+def view(episodes, adv, weight, count, device, all_rows=False):
+    """rollout.Episodes of distinct episodes + their advantages, clipped-term weights and copies -> a View on `device`,
+    trimmed: of every episode with `all_rows` (Eq. 3's KL term needs them all), else of those with a weight (the
+    clipped term sends nothing through the rest); None if there are none."""
+    rows = torch.ones_like(weight, dtype=torch.bool) if all_rows else weight > 0
+    if not rows.any():
+        return None
+    return View(*trimmed(episodes, device, rows), adv[rows].to(device), weight[rows].to(device),
+                count[rows].to(device))
 
 
 def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher_model=None):
@@ -157,25 +178,31 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher_mode
     if pi_seeds:
         played = play(teacher_model or model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=cfg.temperature,
                       generator=generator)
-        kl, lp_t = kl_teacher_student(model, played, cfg.pi, with_teacher=True,
-                                      teacher=teacher_model)  # (B,), (N, V); no gradient
+        uniq, rows, inverse = distinct(played, K)  # copies of an episode: scored and trained once, weighted
+        count = torch.bincount(inverse).float()
+        kl, lp_t = kl_teacher_student(model, uniq, cfg.pi, with_teacher=True,
+                                      teacher=teacher_model)  # (B',), (N, V) of the distinct episodes; no gradient
+        kl = kl[inverse]  # every episode's KL_seq, copies included, for the group means
         reward = played.rewards - cfg.beta * kl  # Algorithm 1: the KL folded into the teacher's reward
         adv_t, keep_t = centred_advantages(reward, K)
         adv_s, keep_s = (student_advantages(played.rewards, K, cfg.student_baseline) if cfg.student_kl == "loss"
                          else (adv_t, keep_t))
-        teacher = view(played.episodes, adv_t, keep_t, device)
-        student = view(student_view(played, cfg.pi), adv_s, keep_s, device)
         lp_t = lp_t if cfg.student_kl == "loss" else None
+        teacher = view(uniq.episodes, adv_t[rows], keep_t[rows] * count, count, device)
+        student = view(student_view(uniq, cfg.pi), adv_s[rows], keep_s[rows] * count, count, device,
+                       all_rows=lp_t is not None)
         batches.append((teacher, student, lp_t, alpha, played.episodes.mask.sum().item()))
         stats.update(teacher_success=played.rewards.mean().item(), reward=reward.mean().item(),
                      kl=kl.mean().item(), zero_adv=1 - keep_t.float().mean().item(),
-                     zero_adv_student=1 - keep_s.float().mean().item(),
+                     zero_adv_student=1 - keep_s.float().mean().item(), distinct=len(rows) / len(inverse),
                      len=played.episodes.lengths.float().mean().item())
         tokens, shown = tokens + played.episodes.mask.sum().item(), played
     if plain_seeds:
         plain = play(model, plain_seeds, K, level=cfg.level, temperature=cfg.temperature, generator=generator)
         adv, keep = centred_advantages(plain.rewards, K)
-        own = view(plain.episodes, adv, keep, device)  # a plain GRPO task is the student term alone on its samples
+        uniq, rows, inverse = distinct(plain, K)
+        count = torch.bincount(inverse).float()
+        own = view(uniq.episodes, adv[rows], keep[rows] * count, count, device)  # the student term on its own samples
         batches.append((None, own, None, 0.0, plain.episodes.mask.sum().item()))
         stats.update(student_success=plain.rewards.mean().item(), zero_adv_plain=1 - keep.float().mean().item())
         tokens, shown = tokens + plain.episodes.mask.sum().item(), shown or plain
@@ -186,9 +213,9 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher_mode
     for _ in range(cfg.grad_steps):
         loss = 0.0
         for teacher, student, lp_t, a, n in batches:  # each part weighted by its share of the round's agent tokens
-            if student.keep.any() or lp_t is not None:
+            if student is not None:
                 term, ent = distill_loss(model, teacher, student, a, cfg.temperature, cfg.clip, beta_s, lp_t,
-                                         cfg.dual_clip or None)
+                                         cfg.dual_clip or None, n if cfg.token_norm == "batch" else None)
                 loss = loss + term * n / n_total
         if torch.is_tensor(loss):
             update(model, opt, loss)
@@ -201,6 +228,8 @@ def main(argv=None):
     cfg = parse_args(Config(), argv)
     if not 0 <= cfg.alpha <= 1:
         raise SystemExit(f"error: --alpha must lie in [0, 1], got {cfg.alpha}")
+    if cfg.token_norm not in ("batch", "kept"):
+        raise SystemExit(f"error: --token_norm must be batch or kept, got {cfg.token_norm!r}")
     if cfg.student_kl not in ("loss", "reward"):
         raise SystemExit(f"error: --student_kl must be loss or reward, got {cfg.student_kl!r}")
     if cfg.student_kl == "reward" and not cfg.student_baseline:
@@ -211,7 +240,7 @@ def main(argv=None):
     cfg.run = cfg.run or (f"pi_distill_{cfg.pi}_a{cfg.alpha}_b{cfg.beta}_c{cfg.pi_coverage}"
                           f"{f'_bs{cfg.beta_student}' if cfg.beta_student >= 0 else ''}"
                           f"{'_r' if cfg.student_kl == 'reward' else ''}{'' if cfg.student_baseline else '_nb'}"
-                          f"{'_frozen' if cfg.frozen_teacher else ''}"
+                          f"{'_frozen' if cfg.frozen_teacher else ''}{'_kept' if cfg.token_norm == 'kept' else ''}"
                           f"_s{cfg.seed}")
     run = Run(cfg, cfg.run)
     model, ckpt = run.load_model()
@@ -254,6 +283,8 @@ def main(argv=None):
         method += " (student advantage R, no baseline)"
     if cfg.frozen_teacher:
         method += " (frozen teacher)"
+    if cfg.token_norm == "kept":
+        method += " (clipped terms over their own tokens)"
     if 0 < cfg.alpha < 1 and cfg.alpha_warmup != Config.alpha_warmup:
         method += f" (α warm-up {cfg.alpha_warmup})"
     if cfg.steps != Config.steps:  # a row of its own in the results table, not pooled with the default budget

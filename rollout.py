@@ -205,6 +205,29 @@ def play(model, seeds, k=1, *, level="L2", pi=None, temperature=1.0, top_k=None,
     return Played(episodes, rewards * episodes.done, envs)
 
 
+def distinct(played, k):
+    """The distinct episodes of each group: -> (Played of the B' distinct episodes, rows (B',), inverse (B,)).
+
+    Rows i*k .. i*k+k-1 are one task's group. A near-deterministic policy samples the same episode several times in a
+    group (π-Distill's teacher: about two groups in three are four copies of one episode from the shipped base), and
+    a copy adds nothing but its weight: the same tokens, reward and log-probs. Each episode is kept once, in order of
+    first appearance: rows[j] is where distinct episode j first occurs, inverse[i] the distinct episode of row i, so
+    x[rows] picks per-episode values of the distinct ones, y[inverse] expands theirs back, and
+    torch.bincount(inverse) counts the copies. An episode is only ever compared within its own group."""
+    ep, rows, inverse = played.episodes, [], []
+    for g in range(ep.ids.size(0) // k):
+        seen = {}
+        for row in range(g * k, g * k + k):
+            key = tuple(ep.ids[row, : ep.lengths[row]].tolist())
+            if key not in seen:
+                seen[key] = len(rows)
+                rows.append(row)
+            inverse.append(seen[key])
+    r = torch.tensor(rows)
+    kept = Episodes(ep.ids[r], ep.mask[r], ep.logp[r], ep.lengths[r], ep.done[r])
+    return Played(kept, played.rewards[r], [played.envs[i] for i in rows]), r, torch.tensor(inverse)
+
+
 def student_view(played, pi):
     """The teacher's episodes with the PI line cut out: an Episodes of the same width, padded at the end.
 

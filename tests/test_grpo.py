@@ -74,6 +74,8 @@ def test_normalised_by_agent_token_count():
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]]).float()
     loss = clipped_surrogate(logp, logp, torch.tensor([1.0, -1.0]), mask, 0.2)
     assert abs(loss.item() - (-(3 * 1.0 + 1 * -1.0) / 4)) < 1e-6  # token-sum / tokens, not a mean of episode means
+    loss = clipped_surrogate(logp, logp, torch.tensor([1.0, -1.0]), mask, 0.2, n_tokens=10)  # a batch of 10 tokens,
+    assert abs(loss.item() - (-(3 * 1.0 + 1 * -1.0) / 10)) < 1e-6  # 6 of them in dropped groups
 
 
 def test_entropy_uniform_and_peaked():

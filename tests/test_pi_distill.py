@@ -10,6 +10,7 @@ import pi_distill as D
 import tokenizer as tk
 from grpo import clipped_surrogate
 from model import GPT, GPTConfig, kl_div, load_checkpoint, save_checkpoint, token_logprobs
+from rollout import Episodes
 
 
 def test_kl_both_directions_against_brute_force():
@@ -86,6 +87,48 @@ def test_student_kl_term_is_the_forward_kl_to_the_detached_teacher():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     t_view = D.View(teacher, t_mask, torch.zeros(3, 12), zero, zero)
     assert D.distill_loss(model, t_view, s_view, 1.0, 0.75, 0.2, beta=0.25, lp_t=lp_t)[0].item() == 0.0
+
+
+def test_distinct_episodes_weighted_by_their_copies_give_the_full_batchs_loss_and_gradient():
+    """pi_distill trains each distinct episode once, weighted by its copies (rollout.distinct): the loss and every
+    parameter's gradient equal those of the batch with every copy in it (clipped terms, dropped groups, Eq. 3's
+    KL)."""
+    teacher, t_mask, student, s_mask = views()
+    full = [0, 0, 1, 2, 2, 2]  # two groups of 3: episodes 0 0 1 and 2 2 2
+    first, count = [0, 2, 3], torch.tensor([2.0, 1.0, 3.0])  # the distinct rows of `full`, and their copies
+    adv, keep = torch.tensor([0.5, 0.5, -1.0, 0.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    model = tiny(3)
+    with torch.no_grad():
+        t_old = token_logprobs(model(teacher)[0] / 0.75, teacher) + 0.05 * torch.randn(3, 12)
+    s_old = torch.cat([t_old[:, :1], t_old[:, 3:]], dim=1)
+
+    def lp_teacher(rows):
+        with torch.no_grad():
+            return torch.log_softmax(model(teacher[rows])[0][:, :-1][t_mask[rows][:, 1:].bool()], -1)
+
+    def loss_and_grads(t_view, s_view, lp_t, n_tokens):
+        model.zero_grad()
+        loss, _ = D.distill_loss(model, t_view, s_view, 0.5, 0.75, 0.2, beta=0.25, lp_t=lp_t, dual_clip=3.0,
+                                 n_tokens=n_tokens)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    full_views = (D.View(teacher[full], t_mask[full], t_old[full], adv, keep),
+                  D.View(student[full], s_mask[full], s_old[full], adv, keep))
+    src = [0, 1, 2]  # views() row of each distinct episode
+    weight = keep[first] * count
+    episodes = lambda ids, mask, old: Episodes(ids[src], mask[src], old[src], torch.tensor([ids.size(1)] * 3),
+                                                torch.ones(3, dtype=torch.bool))
+    t_view = D.view(episodes(teacher, t_mask, t_old), adv[first], weight, count, "cpu")  # drops episode 2 (weight 0)
+    s_view = D.view(episodes(student, s_mask, s_old), adv[first], weight, count, "cpu", all_rows=True)
+    assert t_view.ids.size(0) == 2 and s_view.ids.size(0) == 3
+    for n_tokens in (None, s_mask[full].sum()):  # normalised by the kept tokens, or by the whole batch's
+        ref = loss_and_grads(*full_views, lp_teacher(full), n_tokens)
+        got = loss_and_grads(t_view, s_view, lp_teacher(src), n_tokens)
+        assert abs(got[0] - ref[0]) < 1e-6 and abs(ref[0]) > 1e-3
+        for g, r in zip(got[1], ref[1]):
+            assert torch.allclose(g, r, atol=1e-6)
+    assert D.view(episodes(teacher, t_mask, t_old), adv[first], torch.zeros(3), count, "cpu") is None
 
 
 def test_student_advantages_with_and_without_the_group_baseline():

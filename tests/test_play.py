@@ -7,7 +7,7 @@ import tokenizer as tk
 from env import PI_FORMS, TRAIN_SEEDS
 from eval import kl_teacher_student
 from model import GPT, GPTConfig
-from rollout import play, student_view
+from rollout import Episodes, Played, distinct, play, student_view
 
 
 def random_model(seed=0):
@@ -102,3 +102,23 @@ def test_kl_teacher_student_against_a_direct_computation():
             ref += (pt.exp() * (pt - ps)).sum().item()
         assert abs(kl[row].item() - ref) < 1e-3 * max(1.0, abs(ref))
     assert (kl > 0).all()
+
+
+def test_distinct_keeps_each_episode_once_per_group_and_counts_its_copies():
+    """Hand-made: groups of 3; a copy is the same tokens up to the episode's length (padding after it does not
+    count); the same episode in two different groups stays twice."""
+    a, b, c = [5, 6, 7, 8], [5, 6, 9, 8], [5, 6, 7]
+    rows = [a, b, a, c, c, a]  # group 0: a b a; group 1: c c a
+    ids = torch.full((6, 5), 0)
+    for r, toks in enumerate(rows):
+        ids[r, : len(toks)] = torch.tensor(toks)
+    ids[0, 4], ids[2, 4] = 1, 2  # different padding after the same episode
+    lengths = torch.tensor([len(t) for t in rows])
+    ep = Episodes(ids, (ids > 4).float(), torch.arange(30.0).view(6, 5), lengths, torch.ones(6, dtype=torch.bool))
+    played = Played(ep, torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0]), list("ABCDEF"))
+    uniq, kept, inverse = distinct(played, 3)
+    assert kept.tolist() == [0, 1, 3, 5] and inverse.tolist() == [0, 1, 0, 2, 2, 3]
+    assert torch.bincount(inverse).tolist() == [2, 1, 2, 1]
+    assert torch.equal(uniq.episodes.ids, ids[[0, 1, 3, 5]]) and torch.equal(uniq.episodes.logp, ep.logp[[0, 1, 3, 5]])
+    assert uniq.rewards.tolist() == [1.0, 0.0, 0.0, 1.0] and uniq.envs == ["A", "B", "D", "F"]
+    assert torch.equal(uniq.rewards[inverse], played.rewards)  # per-episode values expand back to every copy
