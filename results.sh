@@ -2,7 +2,7 @@
 # Every run behind the README's results table, then the table itself (about 2 hours on a 2-core CPU: each run is
 # minutes, two run side by side with one thread each; rebuild only the table: python eval.py --table=1), then the
 # README's learning curves: SFT for 500 / 2,000 / 8,000 expert episodes with and without CoT, SFT w/o CoT for 15-20
-# minutes, and π-Distill at 300 rounds and RL at 300 rounds (about 1¾ more hours). The base model itself: python
+# minutes (about 1½ more hours), π-Distill's curves and its run at the paper's β. The base model itself: python
 # pretrain.py (two runs, about 2 hours).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -42,9 +42,6 @@ for seed in 1 2; do                                                # G4's 16,000
 done
 wait
 python eval.py --curves="out/sft_n*" --readme="sft long"
-pair python pi_distill.py --steps=300 --seed=0 --run=pid_300_s0    # π-Distill, twice the default budget
-python pi_distill.py --steps=300 --seed=1 --run=pid_300_s1
-wait
-python pi_distill.py --steps=300 --seed=2 --run=pid_300_s2
-python eval.py --curves="out/pid_300_*" --readme="pi-distill 300 rounds"
-python sft_rl_baseline.py --sft_steps=0 --rl_steps=300 --run=rl_300_s0  # plain RL at π-Distill's 300 rounds
+python pi_distill.py --beta=0.25                                   # π-Distill with the paper's β in the teacher's reward
+python eval.py --table=1
+python eval.py --curves="out/pi_distill_full_*" --readme="pi-distill curves"

@@ -169,7 +169,7 @@ def test_pi_distill_smoke(tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
     log = [json.loads(line) for line in open(tmp_path / "out" / "smoke" / "log.jsonl")]
     assert len(log) == 3 and all(math.isfinite(r["loss"]) for r in log if "loss" in r)
-    assert summary["method"] == "π-Distill α=0.5 (full, β=0.25, coverage 0.5) (3 rounds) (lr 0.01, tasks 4)"
+    assert summary["method"] == "π-Distill α=0.5 (full, β=0, coverage 0.5) (3 rounds) (lr 0.01, tasks 4)"
     assert any("kl" in r for r in log)
     after, ckpt = load_checkpoint(summary["checkpoint"])
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), after.state_dict().values()))
@@ -185,10 +185,16 @@ def test_folded_kl_smoke_and_a_bad_mode(tmp_path, monkeypatch, capsys):
                       "--eval_n=2", "--final_n=2", "--run=folded", "--student_kl=reward"])
     assert "folded KL" in summary["method"]
     apart = D.main([f"--init={tmp_path / 'init.pt'}", "--steps=1", "--tasks=2", "--n_tasks=4", "--eval_every=1",
-                    "--eval_n=2", "--final_n=2", "--beta_student=1", "--alpha_warmup=5", "--student_baseline=0"])
-    assert apart["method"].endswith("(student KL weight 1) (student advantage R, no baseline) (α warm-up 5) (1 rounds) "
-                                    "(tasks 2)")
-    assert "_bs1.0_nb_" in apart["checkpoint"]
+                    "--eval_n=2", "--final_n=2", "--beta_student=1", "--alpha_warmup=5", "--student_baseline=0",
+                    "--token_norm=kept"])
+    assert apart["method"].endswith("(student KL weight 1) (student advantage R, no baseline) (clipped terms over "
+                                    "their own tokens) (α warm-up 5) (1 rounds) (tasks 2)")
+    assert "_bs1.0_nb_kept_" in apart["checkpoint"]
+    try:
+        D.main(["--token_norm=mean"])
+        raise AssertionError("expected an error")
+    except SystemExit as e:
+        assert "--token_norm must be batch or kept" in str(e)
     try:
         D.main(["--student_kl=both"])
         raise AssertionError("expected an error")
