@@ -2,7 +2,7 @@
 # Every run behind the README's results table, then the table itself (about 2 hours on a 2-core CPU: each run is
 # minutes, two run side by side with one thread each; rebuild only the table: python eval.py --table=1), then the
 # README's learning curves: SFT for 500 / 2,000 / 8,000 expert episodes with and without CoT, SFT w/o CoT for 15-20
-# minutes (about 1½ more hours), π-Distill's curves and its run at the paper's β. The base model itself: python
+# minutes (about 1½ more hours), and π-Distill's curves. The base model itself: python
 # pretrain.py (two runs, about 2 hours).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -42,6 +42,5 @@ for seed in 1 2; do                                                # G4's 16,000
 done
 wait
 python eval.py --curves="out/sft_n*" --readme="sft long"
-python pi_distill.py --beta=0.25                                   # π-Distill with the paper's β in the teacher's reward
 python eval.py --table=1
 python eval.py --curves="out/pi_distill_full_*" --readme="pi-distill curves"

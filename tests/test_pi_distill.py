@@ -169,7 +169,7 @@ def test_pi_distill_smoke(tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
     log = [json.loads(line) for line in open(tmp_path / "out" / "smoke" / "log.jsonl")]
     assert len(log) == 3 and all(math.isfinite(r["loss"]) for r in log if "loss" in r)
-    assert summary["method"] == "π-Distill α=0.5 (full, β=0, coverage 0.5) (3 rounds) (lr 0.01, tasks 4)"
+    assert summary["method"] == "π-Distill α=0.5 (full, β=0.25, coverage 0.5) (3 rounds) (lr 0.01, tasks 4)"
     assert any("kl" in r for r in log)
     after, ckpt = load_checkpoint(summary["checkpoint"])
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), after.state_dict().values()))
