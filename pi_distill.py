@@ -144,27 +144,31 @@ def distill_loss(model, teacher, student, alpha, temperature, clip, beta=0.0, lp
     for weight, v, is_student in ((alpha, teacher, False), (1 - alpha, student, True)):
         if weight == 0 or v is None:
             continue
+        count = torch.ones_like(v.adv) if v.count is None else v.count  # each distinct episode's copies
         logits, _ = model(v.ids)
         logp = token_logprobs(logits / temperature, v.ids)
         loss = loss + weight * clipped_surrogate(logp, v.logp_old, v.adv, v.mask * v.weight[:, None], clip,
                                                  dual_clip if is_student else None, n_tokens)
         if is_student and lp_t is not None and beta > 0:
             kl = kl_div(lp_t.detach(), vocab_logprobs(logits, v.mask))  # (N,) one per agent token
-            w = torch.ones_like(kl) if v.count is None else v.count.repeat_interleave(v.mask[:, 1:].sum(1).long())
+            w = count.repeat_interleave(v.mask[:, 1:].sum(1).long())  # each token weighted by its episode's copies
             loss = loss + weight * beta * (kl * w).sum() / w.sum()
-        ent = entropy(logits.detach(), v.mask if v.count is None else v.mask * v.count[:, None])
+        ent = entropy(logits.detach(), v.mask * count[:, None])
     return loss, ent
 
 
-def view(episodes, adv, weight, count, device, all_rows=False):
-    """rollout.Episodes of distinct episodes + their advantages, clipped-term weights and copies -> a View on `device`,
-    trimmed: of every episode with `all_rows` (Eq. 3's KL term needs them all), else of those with a weight (the
-    clipped term sends nothing through the rest); None if there are none."""
-    rows = torch.ones_like(weight, dtype=torch.bool) if all_rows else weight > 0
-    if not rows.any():
+def view(episodes, adv, keep, rows, inverse, device, all_rows=False):
+    """A View on `device` of the distinct episodes `episodes` (rollout.distinct's, with its `rows` and `inverse`),
+    given the whole batch's advantages and kept episodes, adv and keep (B,): each distinct episode's clipped-term
+    weight is its copies where kept, else 0. Trimmed to every distinct episode with `all_rows` (Eq. 3's KL term needs
+    them all), else to those with a weight (the clipped term sends nothing through the rest); None if none is left."""
+    count = torch.bincount(inverse).float()
+    weight = keep[rows].float() * count
+    use = torch.ones_like(weight, dtype=torch.bool) if all_rows else weight > 0
+    if not use.any():
         return None
-    return View(*trimmed(episodes, device, rows), adv[rows].to(device), weight[rows].to(device),
-                count[rows].to(device))
+    return View(*trimmed(episodes, device, use), adv[rows][use].to(device), weight[use].to(device),
+                count[use].to(device))
 
 
 def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher_model=None):
@@ -184,7 +188,6 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher_mode
         played = play(teacher_model or model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=cfg.temperature,
                       generator=generator)
         uniq, rows, inverse = distinct(played, K)  # copies of an episode: scored and trained once, weighted
-        count = torch.bincount(inverse).float()
         kl, lp_t = kl_teacher_student(model, uniq, cfg.pi, with_teacher=True,
                                       teacher=teacher_model)  # (B',), (N, V) of the distinct episodes; no gradient
         kl = kl[inverse]  # every episode's KL_seq, copies included, for the group means
@@ -193,9 +196,8 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher_mode
         adv_s, keep_s = (student_advantages(played.rewards, K, cfg.student_baseline) if cfg.student_kl == "loss"
                          else (adv_t, keep_t))
         lp_t = lp_t if cfg.student_kl == "loss" else None
-        teacher = view(uniq.episodes, adv_t[rows], keep_t[rows] * count, count, device)
-        student = view(student_view(uniq, cfg.pi), adv_s[rows], keep_s[rows] * count, count, device,
-                       all_rows=lp_t is not None)
+        teacher = view(uniq.episodes, adv_t, keep_t, rows, inverse, device)
+        student = view(student_view(uniq, cfg.pi), adv_s, keep_s, rows, inverse, device, all_rows=lp_t is not None)
         batches.append((teacher, student, lp_t, alpha, played.episodes.mask.sum().item()))
         stats.update(teacher_success=played.rewards.mean().item(), reward=reward.mean().item(),
                      kl=kl.mean().item(), zero_adv=1 - keep_t.float().mean().item(),
@@ -206,8 +208,7 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher_mode
         plain = play(model, plain_seeds, K, level=cfg.level, temperature=cfg.temperature, generator=generator)
         adv, keep = centred_advantages(plain.rewards, K)
         uniq, rows, inverse = distinct(plain, K)
-        count = torch.bincount(inverse).float()
-        own = view(uniq.episodes, adv[rows], keep[rows] * count, count, device)  # the student term on its own samples
+        own = view(uniq.episodes, adv, keep, rows, inverse, device)  # the student term alone on its own samples
         batches.append((None, own, None, 0.0, plain.episodes.mask.sum().item()))
         stats.update(student_success=plain.rewards.mean().item(), zero_adv_plain=1 - keep.float().mean().item())
         tokens, shown = tokens + plain.episodes.mask.sum().item(), shown or plain

@@ -95,7 +95,7 @@ def test_distinct_episodes_weighted_by_their_copies_give_the_full_batchs_loss_an
     KL)."""
     teacher, t_mask, student, s_mask = views()
     full = [0, 0, 1, 2, 2, 2]  # two groups of 3: episodes 0 0 1 and 2 2 2
-    first, count = [0, 2, 3], torch.tensor([2.0, 1.0, 3.0])  # the distinct rows of `full`, and their copies
+    first, inverse = torch.tensor([0, 2, 3]), torch.tensor([0, 0, 1, 2, 2, 2])  # rollout.distinct's rows, inverse
     adv, keep = torch.tensor([0.5, 0.5, -1.0, 0.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
     model = tiny(3)
     with torch.no_grad():
@@ -116,19 +116,19 @@ def test_distinct_episodes_weighted_by_their_copies_give_the_full_batchs_loss_an
     full_views = (D.View(teacher[full], t_mask[full], t_old[full], adv, keep),
                   D.View(student[full], s_mask[full], s_old[full], adv, keep))
     src = [0, 1, 2]  # views() row of each distinct episode
-    weight = keep[first] * count
     episodes = lambda ids, mask, old: Episodes(ids[src], mask[src], old[src], torch.tensor([ids.size(1)] * 3),
                                                 torch.ones(3, dtype=torch.bool))
-    t_view = D.view(episodes(teacher, t_mask, t_old), adv[first], weight, count, "cpu")  # drops episode 2 (weight 0)
-    s_view = D.view(episodes(student, s_mask, s_old), adv[first], weight, count, "cpu", all_rows=True)
+    t_view = D.view(episodes(teacher, t_mask, t_old), adv, keep, first, inverse, "cpu")  # drops 2: a dropped group
+    s_view = D.view(episodes(student, s_mask, s_old), adv, keep, first, inverse, "cpu", all_rows=True)
     assert t_view.ids.size(0) == 2 and s_view.ids.size(0) == 3
+    assert s_view.weight.tolist() == [2.0, 1.0, 0.0] and s_view.count.tolist() == [2.0, 1.0, 3.0]
     for n_tokens in (None, s_mask[full].sum()):  # normalised by the kept tokens, or by the whole batch's
         ref = loss_and_grads(*full_views, lp_teacher(full), n_tokens)
         got = loss_and_grads(t_view, s_view, lp_teacher(src), n_tokens)
         assert abs(got[0] - ref[0]) < 1e-6 and abs(ref[0]) > 1e-3
         for g, r in zip(got[1], ref[1]):
             assert torch.allclose(g, r, atol=1e-6)
-    assert D.view(episodes(teacher, t_mask, t_old), adv[first], torch.zeros(3), count, "cpu") is None
+    assert D.view(episodes(teacher, t_mask, t_old), adv, torch.zeros(6), first, inverse, "cpu") is None
 
 
 def test_student_advantages_with_and_without_the_group_baseline():
