@@ -15,8 +15,9 @@ Each round (Algorithm 1), for the tasks that have PI:
     context without the PI line, over the teacher's sampling log-prob (Eq. 3) — plus Eq. 3's own
     β·KL(sg π^T ‖ π^S) at every teacher token, with gradient into the student (see the deviation below);
  6. loss α·L_T + (1 − α)·L_S (Eq. 4), clip [0.8, 1.2], normalised by the batch's agent tokens, `grad_steps` steps.
-Tasks without PI (1 − pi_coverage of them) train as student-view GRPO in the same batch. With 0 < α < 1, α rises
-linearly from 0 over the first `alpha_warmup` rounds, as in the paper. No KL to the base model.
+Tasks without PI (1 − pi_coverage of them) train as student-view GRPO in the same batch. The paper anneals α
+linearly from 0 early in training; `--alpha_warmup=N` does that over N rounds (0 < α < 1), and by default there is
+none (session 14, below). No KL to the base model.
 
 Deviation, by measurement (README, "π-Distill and OPSD here: what it took"): Algorithm 1 folds β·KL_seq into one
 reward that both terms share (`--student_kl=reward` runs exactly that). Here the student's advantage is R_env − mean
@@ -37,7 +38,10 @@ Session 13's defaults, by measurement (README, "Two students of three past 60%")
 the round's agent tokens, dropped groups included (`--token_norm=batch`) — normalised by their own few tokens, a
 round with one informative group moved the weights as much as a round full of them, with gradients five times the
 KL term's (seed 1, 300 rounds: 34.4% against 63.0%); 300 rounds (the student's rise came after round 200). The
-teacher that shares the student's weights still breaks in some runs (one seed in three at the defaults; README).
+teacher that shares the student's weights still broke in some runs (one seed in three; README).
+Session 14's, by measurement (README, "No α warm-up, 400 rounds"): α at its full value from round 1 — while α rose
+from 0 over 20 rounds, the teacher's own term was small and seed 0's teacher broke at round 28 (in sessions 9, 11
+and 13 alike); without the rise no seed's teacher broke — and 400 rounds (the student was still rising at 300).
 Also: ratios are taken at the sampling temperature (grpo.clipped_surrogate's docstring says why); the KL term is at
 temperature 1 and uses the teacher's log-probs from the round's sampling weights for all `grad_steps` steps.
 Speed, not a change of the algorithm: the teacher samples near-deterministically, so most groups are K copies of one
@@ -70,12 +74,12 @@ class Config:
     pi_coverage: float = 1.0  # share of the training tasks that have PI (the rest train as plain GRPO)
     n_tasks: int = 2000  # training tasks (the expert budget: PI exists for the first pi_coverage * n_tasks)
     alpha: float = 0.5  # Eq. 4: weight of the teacher term; 0 = student only, 1 = teacher only
-    alpha_warmup: int = 20  # rounds of the linear rise of α from 0 (only for 0 < α < 1)
+    alpha_warmup: int = 0  # rounds of the linear rise of α from 0 (0 < α < 1); 20 until session 14 (README)
     beta: float = 0.25  # weight of the KL between the views: in the teacher's reward, and in the student's loss
     student_kl: str = "loss"  # loss: Eq. 3's KL term in the student loss, R alone in its advantage; reward: Alg. 1
     beta_student: float = -1.0  # with student_kl=loss: the student KL term's weight apart from β (< 0: β itself)
     student_baseline: bool = True  # with student_kl=loss: the student's advantage R − group mean; False: R (Eq. 3)
-    steps: int = 300  # sampling rounds (150 until session 13: the student's rise comes after round 200, README)
+    steps: int = 400  # sampling rounds (150 to session 12, 300 in 13: the student still rose at round 300, README)
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task
     temperature: float = 0.75
