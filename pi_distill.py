@@ -39,9 +39,10 @@ the round's agent tokens, dropped groups included (`--token_norm=batch`) — nor
 round with one informative group moved the weights as much as a round full of them, with gradients five times the
 KL term's (seed 1, 300 rounds: 34.4% against 63.0%); 300 rounds (the student's rise came after round 200). The
 teacher that shares the student's weights still broke in some runs (one seed in three; README).
-Session 14's, by measurement (README, "No α warm-up, 400 rounds"): α at its full value from round 1 — while α rose
-from 0 over 20 rounds, the teacher's own term was small and seed 0's teacher broke at round 28 (in sessions 9, 11
-and 13 alike); without the rise no seed's teacher broke — and 400 rounds (the student was still rising at 300).
+Session 14's, by measurement (README, "No α warm-up, 400 rounds"): α at its full value from round 1 — with α rising
+from 0 over 20 rounds, seed 0's teacher lost its payment copy at rounds 25-30 (eval.pi_copy 0.89 → 0.46; in sessions
+9, 11 and 13 alike); without the rise its copy firmed up to 0.97 and none of five runs' teachers broke — and 400
+rounds (the students of seeds 0-2 stood at 41-66% at round 300 and 66-73% at 400).
 Also: ratios are taken at the sampling temperature (grpo.clipped_surrogate's docstring says why); the KL term is at
 temperature 1 and uses the teacher's log-probs from the round's sampling weights for all `grad_steps` steps.
 Speed, not a change of the algorithm: the teacher samples near-deterministically, so most groups are K copies of one

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every run behind the README's results table, then the table itself (about 2 hours on a 2-core CPU: each run is
+# Every run behind the README's results table, then the table itself (about 3½ hours on a 2-core CPU: each run is
 # minutes, two run side by side with one thread each; rebuild only the table: python eval.py --table=1), then the
 # README's learning curves: SFT for 500 / 2,000 / 8,000 expert episodes with and without CoT, SFT w/o CoT for 15-20
 # minutes (about 1½ more hours), and π-Distill's curves. The base model itself: python pretrain.py (two runs, about
