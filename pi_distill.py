@@ -17,7 +17,7 @@ Each round (Algorithm 1), for the tasks that have PI:
  6. loss α·L_T + (1 − α)·L_S (Eq. 4), clip [0.8, 1.2], normalised by the batch's agent tokens, `grad_steps` steps.
 Tasks without PI (1 − pi_coverage of them) train as student-view GRPO in the same batch. The paper anneals α
 linearly from 0 early in training; `--alpha_warmup=N` does that over N rounds (0 < α < 1), and by default there is
-none (session 14, below). No KL to the base model.
+none (below). No KL to the base model.
 
 Deviation, by measurement (README, "π-Distill and OPSD here: what it took"): Algorithm 1 folds β·KL_seq into one
 reward that both terms share (`--student_kl=reward` runs exactly that). Here the student's advantage is R_env − mean
@@ -34,15 +34,15 @@ The learning rate is 1e-4, half the first base's: at 2e-4 the curriculum base's 
 on two seeds of three — its episodes shortened to `profile` with no argument and `say none`, both views at 0% —
 with the dual clip at 3, 1.2 or off, at β = 0.05, with the student's KL weight at 0.25 or 0.1, and at α = 0 (only
 without the student's KL term did 12 rounds pass unbroken); at 1e-4 no seed broke (README, "what it took").
-Session 13's defaults, by measurement (README, "Two students of three past 60%"): the clipped terms normalised by
-the round's agent tokens, dropped groups included (`--token_norm=batch`) — normalised by their own few tokens, a
-round with one informative group moved the weights as much as a round full of them, with gradients five times the
-KL term's (seed 1, 300 rounds: 34.4% against 63.0%); 300 rounds (the student's rise came after round 200). The
-teacher that shares the student's weights still broke in some runs (one seed in three; README).
-Session 14's, by measurement (README, "No α warm-up, 400 rounds"): α at its full value from round 1 — with α rising
-from 0 over 20 rounds, seed 0's teacher lost its payment copy at rounds 25-30 (eval.pi_copy 0.89 → 0.46; in sessions
-9, 11 and 13 alike); without the rise its copy firmed up to 0.97 and none of five runs' teachers broke — and 400
-rounds (the students of seeds 0-2 stood at 41-66% at round 300 and 66-73% at 400).
+Three more defaults, by measurement:
+- the clipped terms are normalised by the round's agent tokens, dropped groups included (`--token_norm=batch`;
+  README, "Two students of three past 60%"): normalised by their own few tokens (`kept`), a round with one
+  informative group moved the weights as much as a round full of them, with gradients five times the KL term's
+  (seed 1, 300 rounds: 34.4% against 63.0%);
+- α is at its full value from round 1 (`--alpha_warmup=0`; README, "No α warm-up, 400 rounds"): with the paper's
+  rise from 0 over 20 rounds, seed 0's shared teacher lost its payment copy at rounds 25-30 (eval.pi_copy 0.89 →
+  0.46; in sessions 9, 11 and 13 alike); without it the copy firmed up to 0.97 and none of five runs' teachers broke;
+- 400 rounds: the student's rise comes late (seeds 0-2 at 41-66% at round 300, 66-73% at 400).
 Also: ratios are taken at the sampling temperature (grpo.clipped_surrogate's docstring says why); the KL term is at
 temperature 1 and uses the teacher's log-probs from the round's sampling weights for all `grad_steps` steps.
 Speed, not a change of the algorithm: the teacher samples near-deterministically, so most groups are K copies of one
