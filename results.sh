@@ -3,7 +3,8 @@
 # minutes, two run side by side with one thread each; rebuild only the table: python eval.py --table=1), then the
 # README's learning curves: SFT for 500 / 2,000 / 8,000 expert episodes with and without CoT, SFT w/o CoT for 15-20
 # minutes (about 1½ more hours), and π-Distill's curves. The base model itself: python pretrain.py (two runs, about
-# 2 hours).
+# 2 hours). Start with no out/ folder (a fresh clone, or move the old one away): a run refuses a folder that
+# already holds one.
 set -euo pipefail
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=1

@@ -2,7 +2,9 @@
 
 A run lives in out/<run>/: config.json (the resolved options), log.jsonl (one JSON object per logged step, the same
 keys as the printed line), ckpt.pt (model, optimizer, phase, step and RNG states, written atomically). --resume
-continues from ckpt.pt; a finished run resumed only reports again. Nothing here is algorithm-specific.
+continues from ckpt.pt; a finished run resumed only reports again. Without --resume a folder that already holds a
+run (a log or a checkpoint) is refused, so a second run never mixes its log into the first's or overwrites its
+checkpoint. Nothing here is algorithm-specific.
 """
 
 import json
@@ -40,6 +42,9 @@ class Run:
             model, ckpt = load_checkpoint(start, self.device)
         except (ValueError, CheckpointError) as e:
             sys.exit(f"error: {e}")
+        if not self.cfg.resume and any(os.path.exists(os.path.join(self.dir, f)) for f in ("log.jsonl", "ckpt.pt")):
+            sys.exit(f"error: {self.dir} already holds a run; --resume=1 continues it, --run=NAME starts another "
+                     "(or delete the folder)")  # never append to another run's log or overwrite its checkpoint
         print(json.dumps(asdict(self.cfg)))
         os.makedirs(self.dir, exist_ok=True)
         with open(os.path.join(self.dir, "config.json"), "w") as f:

@@ -51,6 +51,15 @@ def test_three_steps_of_each_phase_and_resume(tmp_path, monkeypatch, capsys):
     # --resume of a finished run trains nothing more and reports again
     again = S.main(args + ["--resume=1"])
     assert again["checkpoint"] == summary["checkpoint"]
+    # the same run started again without --resume is refused, and the first run's log and checkpoint stay as they were
+    files = {f: (tmp_path / "out" / "smoke" / f).read_bytes() for f in ("log.jsonl", "ckpt.pt", "config.json")}
+    try:
+        S.main(args)
+        raise AssertionError("expected an error")
+    except SystemExit as e:
+        assert str(e) == ("error: out/smoke already holds a run; --resume=1 continues it, --run=NAME starts another "
+                          "(or delete the folder)")
+    assert files == {f: (tmp_path / "out" / "smoke" / f).read_bytes() for f in files}
 
 
 def test_bad_init_is_a_one_line_error(tmp_path):
