@@ -35,6 +35,7 @@ SIZES = ["small", "mid", "large"]
 ID_LETTERS = "bdfghjkmnpqz"  # ids are letter+digit, one token each; u, o, s, x, t, v, c, w stay free for words
 ITEM_IDS = [f"{a}{d}" for a in ID_LETTERS for d in range(1, 10)]
 PI_FORMS = ["full", "tools", "key", "answer", "hint"]
+COT_STYLES = ["draft", "list"]  # expert_act's chains of thought; draft is SFT w/ CoT's default
 LEVELS = {  # rows per search, max qty, families, stock filter, unique answer (no arg-min), budget, share of `none`,
     # items per order and share of pending orders (RETURN)
     "L1": dict(rows=4, max_qty=1, families=["BUY"], stock=False, unique=True, budget=False, none=0.0, items=4,
@@ -225,11 +226,20 @@ def _lines(transcript, tag):
     return [m.group(1).strip() for m in re.finditer(rf"<\|{tag}\|>([^\n<]*)", transcript)]
 
 
-def expert_act(transcript, cot=False):
+def expert_act(transcript, cot=False, style="draft"):
     """The expert's next agent message, read from the rendered student transcript alone (no hidden state).
 
-    With `cot`, the decisive write is preceded by `<|think|> … <|/think|>`: every candidate ok/no, the best row,
-    the arithmetic in digits and the payment test (ENV.md §6)."""
+    With `cot`, the decisive write is preceded by `<|think|> … <|/think|>`, in one of two styles:
+      draft  the write drafted first, then its row as the tool line writes it, the arithmetic in digits and the
+             payment test: `buy j5 . j5 red 58 st2 ok . total 58 . gift 37 < 58 card` (the default)
+      list   ENV.md §6's: every candidate ok/no, the best row, the arithmetic and the payment test:
+             `red qty 1 : k2 70 st0 no . j5 58 st2 ok . best j5 58 . total 58 . gift 37 < 58 card`
+    Deviation from ENV.md, by measurement (README, "Other chains of thought"): SFT on the list style learns the
+    row worse than SFT without CoT (it copies each candidate's fields and picks from its own copy); the draft
+    style picks the row where SFT without CoT does, then checks it."""
+    if style not in COT_STYLES:
+        raise ValueError(f"unknown CoT style {style!r}; valid: {', '.join(COT_STYLES)}")
+    draft = style == "draft"
     request = _lines(transcript, "user")[0]
     tools = _lines(transcript, "tool")
     agent = [a.split("<|/think|>")[-1].strip() for a in re.findall(r"<\|agent\|>([^\n]*)", transcript)]
@@ -248,13 +258,14 @@ def expert_act(transcript, cot=False):
             return f"say {tools[2].split(' ', 1)[1]}" if tools[2].startswith("ok ") else "say none"
         rows = [(i, c, int(p), int(s)) for i, c, _, p, s in ROW_RE.findall(tools[1])]
         notes = [f"{i} {p} st{s} {'ok' if s >= qty else 'no'}" for i, c, p, s in rows if c == color]
-        ok = [(p, i) for i, c, p, s in rows if c == color and s >= qty]
+        ok = [(p, i, s) for i, c, p, s in rows if c == color and s >= qty]
         think = f"{color} qty {qty} : " + " . ".join(notes)
         if not ok:
-            return _with_think(think + " . none", "say none", cot)
-        p, i = min(ok)
+            return _with_think(f"say none . {color} none" if draft else think + " . none", "say none", cot)
+        p, i, s = min(ok)
         total = p * qty
-        think += f" . best {i} {p} . " + (f"{' + '.join([str(p)] * qty)} = {total}" if qty > 1 else f"total {total}")
+        think = f"buy {i} . {i} {color} {p} st{s} ok . " if draft else think + f" . best {i} {p} . "
+        think += f"{' + '.join([str(p)] * qty)} = {total}" if qty > 1 else f"total {total}"
         if budget and total > int(budget):
             return _with_think(think + f" . {total} > {budget} none", "say none", cot)
         if budget:
@@ -279,9 +290,11 @@ def expert_act(transcript, cot=False):
             p, i = max(prices) if mode == "priciest" else min(prices)
             think = f"{oid} delivered . {mode} : " + " ".join(f"{i} {p}" for p, i in prices) + f" . best {i} {p}"
         else:
-            i = next(i for i, c, p in listed if c == mode)
+            i, p = next((i, p) for i, c, p in listed if c == mode)
             think = f"{oid} delivered . {mode} : " + " . ".join(f"{i} {c} {'ok' if c == mode else 'no'}"
                                                                for i, c, p in listed)
+        if draft:
+            think = f"return {oid} {i} . {i} {next(c for j, c, _ in listed if j == i)} {p} ok"
         return _with_think(think, f"return {oid} {i}", cot)
     cat = words[6]
     if n == 2:
@@ -292,10 +305,11 @@ def expert_act(transcript, cot=False):
     color = words[11]
     rows = [(i, c, z, int(p), int(s)) for i, c, z, p, s in ROW_RE.findall(tools[2])]
     notes = [f"{i} {z} {p} st{s} {'ok' if z == size and s >= 1 else 'no'}" for i, c, z, p, s in rows if c == color]
-    p, i = min((p, i) for i, c, z, p, s in rows if c == color and z == size and s >= 1)
+    p, i, s = min((p, i, s) for i, c, z, p, s in rows if c == color and z == size and s >= 1)
     diff = p - int(old_price)
-    think = (f"{color} {size} : " + " . ".join(notes) + f" . best {i} {p} . {p} - {old_price} = {diff} . "
-             f"{'pay' if diff > 0 else 'refund'} by {paid}")
+    think = (f"exchange {oid} {old_id} {i} . {i} {color} {size} {p} st{s} ok . " if draft else
+             f"{color} {size} : " + " . ".join(notes) + f" . best {i} {p} . ")
+    think += f"{p} - {old_price} = {diff} . {'pay' if diff > 0 else 'refund'} by {paid}"
     return _with_think(think, f"exchange {oid} {old_id} {i} {paid}", cot)
 
 

@@ -41,7 +41,8 @@ def training_text(n_seeds=300):
             env.reset(2_000_000 + seed)  # a seed range no experiment uses
             cot = seed % 2 == 0
             while True:
-                _, _, done, _ = env.step(expert_act(render(env.history), cot=cot))
+                # the list CoT: the text the shipped ranks were trained on (the draft CoT adds no new word)
+                _, _, done, _ = env.step(expert_act(render(env.history), cot=cot, style="list"))
                 if done:
                     break
             parts += [env.transcript()] + [env.transcript(f) for f in PI_FORMS]

@@ -26,6 +26,39 @@ def test_sft_loss_touches_agent_tokens_only():
         assert thought == cot
 
 
+def test_both_cot_styles_and_a_bad_style():
+    """The draft CoT drafts the write first; the list CoT walks the candidates; the action after it is the same."""
+    draft, listed = (S.expert_data(S.Config(n_expert=20, cot=True, cot_style=s)) for s in ("draft", "list"))
+    for (a, _), (b, _) in zip(draft, listed):
+        a, b = tk.decode(a), tk.decode(b)
+        assert a.split("<|/think|>")[1] == b.split("<|/think|>")[1]  # the write and everything after it
+        write = a.split("<|/think|>")[1].split()[0]
+        thought_a, thought_b = (x.split("<|think|>")[1].split("<|/think|>")[0] for x in (a, b))
+        if write in ("buy", "exchange") or (write == "return" and "pending" not in thought_b):
+            assert thought_a.split()[:2] == a.split("<|/think|>")[1].split()[:2] and thought_a != thought_b
+            assert thought_b.count(" ok") + thought_b.count(" no") >= 1  # each candidate judged
+    try:
+        S.main(["--cot=1", "--cot_style=tree"])
+        raise AssertionError("expected an error")
+    except SystemExit as e:
+        assert str(e) == "error: --cot_style must be one of draft, list, not 'tree'"
+
+
+def test_think_tokens_start_at_the_mean_embedding_of_the_episodes_tokens():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
+    before = model.wte.weight.detach().clone()
+    data = S.expert_data(S.Config(n_expert=10, cot=True))
+    S.init_think_tokens(model, data)
+    after = model.wte.weight.detach()
+    think, end = tk.special("<|think|>"), tk.special("<|/think|>")
+    words = set(tk.encode("".join(tk.decode(ids) for ids, _ in data))) - {think, end}  # the same ids, by text
+    mean = sum(before[t] for t in words) / len(words)
+    assert torch.allclose(after[think], mean, atol=1e-6) and torch.allclose(after[end], mean, atol=1e-6)
+    others = [t for t in range(len(before)) if t not in (think, end)]
+    assert torch.equal(after[others], before[others])
+
+
 def tiny_checkpoint(path):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
