@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Every run behind the README's results table, then the table itself (about 3½ hours on a 2-core CPU: each run is
 # minutes, two run side by side with one thread each; rebuild only the table: python eval.py --table=1), then the
-# README's learning curves: SFT for 500 / 2,000 / 8,000 expert episodes with and without CoT, SFT w/o CoT for 15-20
-# minutes (about 1½ more hours), and π-Distill's curves. The base model itself: python pretrain.py (two runs, about
-# 2 hours). Start with no out/ folder (a fresh clone, or move the old one away): a run refuses a folder that
-# already holds one.
+# README's learning curves: SFT for 100 / 200 / 500 / 2,000 / 8,000 expert episodes with and without CoT, SFT w/o
+# CoT for 15-20 minutes (about 2 more hours), and π-Distill's curves. The base model itself: python pretrain.py
+# (two runs, about 2 hours). Start with no out/ folder (a fresh clone, or move the old one away): a run refuses a
+# folder that already holds one.
 set -euo pipefail
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=1
@@ -28,7 +28,7 @@ python sft_rl_baseline.py --cot=0                                  # SFT w/o CoT
 wait
 python eval.py --table=1
 
-for n in 500 2000 8000; do                                         # SFT learning curves (README: the base model)
+for n in 100 200 500 2000 8000; do                                 # SFT learning curves (README: the base model)
   pair python sft_rl_baseline.py --cot=0 --n_expert=$n --sft_steps=800 --rl_steps=0 --eval_every=100 --sft_lr_end=0.1 --run=curve_n${n}_cot0
   python sft_rl_baseline.py --cot=1 --n_expert=$n --sft_steps=800 --rl_steps=0 --eval_every=100 --sft_lr_end=0.1 --run=curve_n${n}_cot1
   wait
