@@ -11,9 +11,9 @@ steps the cosine to 10% that session 5 adopted cost SFT w/ CoT 12 points (58.4% 
 G4 runs and the learning curves use `--sft_lr_end=0.1`. With --cot=1 the expert's reasoning (`<|think|> …
 <|/think|>`, env.expert_act's draft style by default, `--cot_style=list` for ENV.md's) is part of the target, so the
 model writes its own at test time; the two delimiters, which the base never saw, start at the mean embedding of
-the episodes' tokens (`init_think_tokens`). GRPO (grpo.py): K student-view
-rollouts per task at the algorithms' temperature, group-centred advantages without the std, all-zero groups
-dropped, clipped token-level ratio, several gradient steps per round, no KL to the base.
+the episodes' tokens (`init_think_tokens`). GRPO (grpo.py): K student-view rollouts per task at the algorithms'
+temperature, group-centred advantages without the std, all-zero groups dropped, clipped token-level ratio, several
+gradient steps per round, no KL to the base.
 
 Every evaluation is the student view on held-out seeds, greedy. Logs: one line per step and out/<run>/log.jsonl;
 checkpoints at each evaluation (out/<run>/ckpt.pt, --resume continues). The last line is a JSON summary.
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from config import parse_args
 import tokenizer as tk
+from config import parse_args
 from env import COT_STYLES, TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
 from eval import evaluate
 from grpo import centred_advantages, clipped_surrogate, entropy, kept_rows, update
