@@ -16,7 +16,8 @@ carries the required output. Tool errors and unparsable turns come back as obser
 
 The expert (§6) has two faces that must agree on every seed: `solve(world)` plans from the hidden state, and
 `expert_act(transcript)` reads only the rendered transcript (which proves the task is observable). Its chain of
-thought, written only before the decisive write, spells out each candidate, the arithmetic and the thresholds.
+thought, written only before the decisive write, drafts that write and checks its row, the arithmetic and the
+thresholds (style "draft"), or spells out each candidate first (style "list", ENV.md §6's).
 
 Deviation from ENV.md, by measurement (README, "Why L2 is a lookup"): SFT without CoT did not learn the arg-min
 design, so at L2 exactly one row passes the filter, qty is 1, RETURN names the item by colour and an exchange is
