@@ -34,7 +34,7 @@ def test_both_cot_styles_and_a_bad_style():
         assert a.split("<|/think|>")[1] == b.split("<|/think|>")[1]  # the write and everything after it
         write = a.split("<|/think|>")[1].split()[0]
         thought_a, thought_b = (x.split("<|think|>")[1].split("<|/think|>")[0] for x in (a, b))
-        if write in ("buy", "exchange") or (write == "return" and "pending" not in thought_b):
+        if write in ("buy", "exchange", "return"):  # a pending order's `cancel` has no candidates to judge
             assert thought_a.split()[:2] == a.split("<|/think|>")[1].split()[:2] and thought_a != thought_b
             assert thought_b.count(" ok") + thought_b.count(" no") >= 1  # each candidate judged
     try:
