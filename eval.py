@@ -12,6 +12,8 @@ What it prints (PAPER.md §6-7):
 - with --pi: on training seeds, the teacher view's success per PI form, the PI utility Δ = teacher − student, and the
   initial divergence KL(π^T ‖ π^S) per episode (full-vocabulary, summed over the teacher's sampled agent tokens),
   and whether the teacher copies its PI line's row id and payment (pi_copy, teacher-forced on the expert's write);
+- the decisive turn, teacher-forced on the expert's transcript (with --cot=1 its chain of thought): how often the model
+  names the expert's row, and writes the whole turn (decisions);
 - the model's reading: skill questions after a rendered table (a price or stock by id, the ids of a colour, min/max,
   a sum), the skills the task is built from (pretrain.reading);
 - the scripted expert and a random agent on the same held-out seeds: ceiling and floor.
@@ -43,6 +45,7 @@ class EvalConfig:
     ckpt: str = ""  # a checkpoint; default: the env's base model
     n: int = 500  # episodes per measurement
     pi: str = ""  # "" | all | a comma-separated list of PI forms
+    cot: bool = False  # the decisive-turn probe scores the expert's turns with its chain of thought (--cot=1 models)
     temperature: float = 0.75  # the algorithms' sampling temperature
     batch: int = 128  # episodes sampled in lockstep
     seed: int = 0
@@ -178,6 +181,49 @@ def pi_copy(model, seeds, level="L2"):
                 sums[name] = sums.get(name, 0.0) + probs[j - i, pos, tok].item()
                 counts[name] = counts.get(name, 0) + 1
     return {name: sums[name] / counts[name] for name in sorted(sums)}
+
+
+@torch.no_grad()
+def decisions(model, seeds, cot=False, level="L2"):
+    """Is the decision learned, apart from the text around it? Teacher-forced on the expert's transcript up to its
+    decisive turn (the write, or the `say none` that stands for it), that turn as the expert writes it — with its
+    draft chain of thought when `cot` — and per family the share of tasks where the model's greedy tokens are the
+    expert's: `row` at the row the turn first names (the draft's id, else the write's; a pending order's cancel and
+    a `none` as their whole first clause), `turn` at every token of the turn. -> {family: {"row", "turn", "n"}}.
+
+    A model trained with CoT is scored with cot=True, one trained without with cot=False: the same decision, each in
+    its own text. (A diagnostic of this project, for G4's "CoT learns faster at small data": README.)"""
+    device, env, tasks = model.wte.weight.device, make("toy_shop", level), []
+    for seed in seeds:
+        env.reset(seed)
+        while True:
+            text = render(env.history)
+            drafted = expert_act(text, cot=True)
+            if "<|think|>" in drafted:  # the decisive turn
+                break
+            env.step(drafted)
+        words = (drafted if cot else expert_act(text)).split(" ")
+        if cot:  # the draft's first clause: `<|think|> buy j5 .`, `<|think|> o2 pending cancel .`, ...
+            end = next(k for k, w in enumerate(words) if w in (".", "<|/think|>"))
+            row = (end - 1, end) if words[1] in ("buy", "exchange", "return") else (1, end)
+        else:
+            at = {"buy": 1, "exchange": 3, "return": 2}.get(words[0])
+            row = (at, at + 1) if at else (0, len(words))
+        prefix = text + "<|agent|>"
+        start = [len(encode(prefix + "".join(" " + w for w in words[:k]))) for k in range(len(words) + 1)]
+        tasks.append((env.world.family, encode(prefix + " " + " ".join(words)), start, row))
+    hits = {}
+    for i in range(0, len(tasks), 64):
+        chunk = tasks[i : i + 64]
+        T = max(len(ids) for _, ids, _, _ in chunk)
+        batch = torch.tensor([ids + [0] * (T - len(ids)) for _, ids, _, _ in chunk], device=device)
+        right = (model(batch)[0].argmax(-1)[:, :-1] == batch[:, 1:]).cpu()  # right[b, t]: token t+1 is the argmax
+        for b, (family, ids, start, (w0, w1)) in enumerate(chunk):
+            h = hits.setdefault(family, {"row": 0, "turn": 0, "n": 0})
+            h["row"] += right[b, start[w0] - 1 : start[w1] - 1].all().item()
+            h["turn"] += right[b, start[0] - 1 : len(ids) - 1].all().item()
+            h["n"] += 1
+    return {f: {"row": h["row"] / h["n"], "turn": h["turn"] / h["n"], "n": h["n"]} for f, h in sorted(hits.items())}
 
 
 def scripted_success(seeds, level, agent):
@@ -332,6 +378,10 @@ def main(argv=None):
         print(f"student (held-out, {name:7s}) success {r['success']:.3f} | protocol errors {r['protocol_errors']:.3f}"
               f" | {r['mean_len']:.0f} tokens/episode")
         print("  BUY selection: " + " | ".join(f"{k} {v:.3f}" for k, v in r["buy"].items()))
+    res["decisions"] = {f: {k: round(v, 3) for k, v in d.items()}
+                        for f, d in decisions(model, test, cot=cfg.cot, level=cfg.level).items()}
+    print(f"decisive turn (teacher-forced on the expert's, {'with' if cfg.cot else 'without'} CoT; the row it names "
+          "/ the whole turn): " + " | ".join(f"{f} {d['row']:.3f} / {d['turn']:.3f}" for f, d in res["decisions"].items()))
     if forms:
         base = evaluate(model, train, temperature=cfg.temperature, **run)["success"]
         res["student_train"] = base

@@ -94,6 +94,55 @@ def test_pi_copy_against_plain_forwards_of_the_whole_text():
         assert got[name] == pytest.approx(sum(values) / len(values), abs=1e-5), name
 
 
+def test_decisions_against_greedy_decoding_of_the_shipped_base():
+    """decisions' batched teacher-forced counts equal free greedy decoding, one task at a time, from the expert's
+    transcript: `row` iff the decoded text goes on with the row the turn names, `turn` iff with the whole turn. The
+    decisive turn, its row and the text before the row are found here from solve's plan and by regex."""
+    import re
+    from env import build_world, expert_act, make, render, solve
+    from eval import decisions
+    from model import load_checkpoint
+    from pretrain import ensure_base
+    from tokenizer import decode, encode
+
+    model = load_checkpoint(ensure_base("toy_shop"))[0].eval()
+
+    def greedy_goes_on_with(text, target):
+        ids, out = encode(text), ""
+        while len(out) < len(target) and target.startswith(out):
+            with torch.no_grad():
+                ids.append(model(torch.tensor([ids]))[0][0, -1].argmax().item())
+            out = decode(ids[len(encode(text)):])
+        return out.startswith(target)
+
+    seeds, env = list(TEST_SEEDS[:30]), make("toy_shop")
+    for cot in (False, True):
+        want = {}
+        for seed in seeds:
+            world = build_world(seed)
+            env.reset(seed)
+            for action in solve(world):  # up to the first action that is not a read
+                if action.split()[0] not in ("profile", "search", "order"):
+                    break
+                env.step(action)
+            text = render(env.history) + "<|agent|>"
+            turn = expert_act(render(env.history), cot=True) if cot else action
+            if cot:
+                before, row = re.match(r"(<\|think\|>(?: buy| return \w+| exchange \w+ \w+)?) (.+?) (?:\.|<\|/think)",
+                                       turn).groups()
+            else:
+                n = {"buy": 1, "return": 2, "exchange": 3}.get(turn.split()[0], 0)
+                before, row = " ".join(turn.split()[:n]), " ".join(turn.split()[n:n + 1] if n else turn.split())
+            h = want.setdefault(world.family, {"row": 0, "turn": 0, "n": 0})
+            h["row"] += greedy_goes_on_with(text + (" " + before if before else ""), " " + row)
+            h["turn"] += greedy_goes_on_with(text, " " + turn)
+            h["n"] += 1
+        got = decisions(model, seeds, cot=cot)
+        assert got == {f: {"row": h["row"] / h["n"], "turn": h["turn"] / h["n"], "n": h["n"]} for f, h in want.items()}
+        rows = [h["row"] for h in want.values()]
+        assert sum(rows) > 0 and sum(rows) < len(seeds), "the base should get some rows and miss others"
+
+
 def test_buy_selection_on_scripted_episodes():
     """The expert's buys are all correct; a buy of the wrong row and payment is counted as such."""
     from env import make, render, expert_act, solve
