@@ -381,7 +381,8 @@ def main(argv=None):
     res["decisions"] = {f: {k: round(v, 3) for k, v in d.items()}
                         for f, d in decisions(model, test, cot=cfg.cot, level=cfg.level).items()}
     print(f"decisive turn (teacher-forced on the expert's, {'with' if cfg.cot else 'without'} CoT; the row it names "
-          "/ the whole turn): " + " | ".join(f"{f} {d['row']:.3f} / {d['turn']:.3f}" for f, d in res["decisions"].items()))
+          "/ the whole turn): " + " | ".join(f"{f} {d['row']:.3f} / {d['turn']:.3f}"
+                                               for f, d in res["decisions"].items()))
     if forms:
         base = evaluate(model, train, temperature=cfg.temperature, **run)["success"]
         res["student_train"] = base

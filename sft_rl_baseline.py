@@ -6,14 +6,14 @@
 
 PAPER.md §4. SFT: next-token loss on the agent's tokens of expert episodes of the first `n_expert` training seeds
 (the same seeds, and the same expert budget, whose PI the other methods use), AdamW at `sft_lr`, decayed along a
-cosine to `sft_lr_end` of it by the last step; by default a constant rate (`sft_lr_end=1`): at the default 600
-steps the cosine to 10% that session 5 adopted cost SFT w/ CoT 12 points (58.4% against 70.2%, README); the long
-G4 runs and the learning curves use `--sft_lr_end=0.1`. With --cot=1 the expert's reasoning (`<|think|> …
-<|/think|>`, env.expert_act's draft style by default, `--cot_style=list` for ENV.md's) is part of the target, so the
-model writes its own at test time; the two delimiters, which the base never saw, start at the mean embedding of
-the episodes' tokens (`init_think_tokens`). GRPO (grpo.py): K student-view rollouts per task at the algorithms'
-temperature, group-centred advantages without the std, all-zero groups dropped, clipped token-level ratio, several
-gradient steps per round, no KL to the base.
+cosine to `sft_lr_end` of it by the last step; by default a constant rate (`sft_lr_end=1`): at the default 600 steps
+the cosine to 10% that session 5 adopted cost SFT w/ CoT 12 points (58.4% against 70.2%, README); the long G4 runs
+and the learning curves use `--sft_lr_end=0.1`. With --cot=1 the expert's reasoning (`<|think|> … <|/think|>`,
+env.expert_act's draft style by default, `--cot_style=list` for ENV.md's) is part of the target, so the model writes
+its own at test time; the two delimiters, which the base never saw, start at the mean embedding of the episodes'
+tokens (`init_think_tokens`; `--think_init=0` keeps them as loaded). GRPO (grpo.py): K student-view rollouts per
+task at the algorithms' temperature, group-centred advantages without the std, all-zero groups dropped, clipped
+token-level ratio, several gradient steps per round, no KL to the base.
 
 Every evaluation is the student view on held-out seeds, greedy. Logs: one line per step and out/<run>/log.jsonl;
 checkpoints at each evaluation (out/<run>/ckpt.pt, --resume continues). The last line is a JSON summary.
@@ -44,6 +44,7 @@ class Config:
     init: str = ""  # starting checkpoint; default: the env's base model
     cot: bool = False  # SFT targets include the expert's chain of thought
     cot_style: str = "draft"  # with --cot=1: draft (the write first, then its row checked) or list (ENV.md §6's)
+    think_init: bool = True  # with --cot=1, a fresh SFT starts both delimiters at the mean embedding (0: as loaded)
     n_expert: int = 2000  # training seeds with an expert transcript; GRPO samples its tasks from the same seeds
     sft_steps: int = 600
     sft_batch: int = 32
@@ -138,8 +139,10 @@ def main(argv=None):
     model.train()
     if phase == "sft" and cfg.sft_steps > step:
         data = expert_data(cfg)
-        if cfg.cot and step == 0:
+        if cfg.cot and cfg.think_init and step == 0:  # also on an --init checkpoint: --think_init=0 keeps its rows
             init_think_tokens(model, data)
+            print("<|think|> and <|/think|> start at the mean embedding of the episodes' tokens "
+                  "(--think_init=0: as loaded)")
         n_tok = sum(sum(f) for _, f in data)
         print(f"SFT on {len(data)} expert episodes ({'with' if cfg.cot else 'without'} CoT), {n_tok:,} target tokens")
         while step < cfg.sft_steps:

@@ -66,6 +66,23 @@ def tiny_checkpoint(path):
     return model
 
 
+def test_think_init_on_the_command_line(tmp_path, monkeypatch):
+    """--cot=1 starts the delimiters at the mean embedding; --think_init=0 keeps the loaded rows (one SFT step at lr 0
+    leaves every weight as it was)."""
+    monkeypatch.chdir(tmp_path)
+    before = tiny_checkpoint(tmp_path / "init.pt").wte.weight.detach()
+    delimiters = [tk.special("<|think|>"), tk.special("<|/think|>")]
+    for think_init in (1, 0):
+        summary = S.main([f"--init={tmp_path / 'init.pt'}", "--cot=1", f"--think_init={think_init}", "--sft_steps=1",
+                          "--sft_lr=0", "--rl_steps=0", "--n_expert=8", "--eval_n=2", "--final_n=2",
+                          f"--run=t{think_init}"])
+        after = load_checkpoint(summary["checkpoint"])[0].wte.weight.detach()
+        others = [t for t in range(len(before)) if t not in delimiters]
+        assert torch.equal(after[others], before[others])
+        assert torch.equal(after[delimiters], before[delimiters]) == (think_init == 0)
+        assert think_init == 0 or torch.equal(after[delimiters[0]], after[delimiters[1]])
+
+
 def test_three_steps_of_each_phase_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     before = tiny_checkpoint(tmp_path / "init.pt")
