@@ -132,6 +132,15 @@ def _write_variants(world, rng):
     return [("full : " + " ; ".join(plan[:-2] + [" ".join(w)] + plan[-1:]), w) for w in (write, flipped, swapped)]
 
 
+def padded_chunks(texts, device, size=64):
+    """-> (i, batch): texts[i : i + size] as one (B, T) tensor, padded at the end with id 0 (a causal model's logits
+    at a text's own positions do not see the padding); for the teacher-forced probes below."""
+    for i in range(0, len(texts), size):
+        chunk = texts[i : i + size]
+        T = max(map(len, chunk))
+        yield i, torch.tensor([t + [0] * (T - len(t)) for t in chunk], device=device)
+
+
 @torch.no_grad()
 def pi_copy(model, seeds, level="L2"):
     """Does the teacher view read its PI line at the write's two decisive arguments, the row id and the payment?
@@ -171,13 +180,10 @@ def pi_copy(model, seeds, level="L2"):
                 ids = ids + pay
                 texts.append(ids)
     sums, counts = {}, {}
-    for i in range(0, len(texts), 64):
-        chunk = texts[i : i + 64]
-        T = max(map(len, chunk))
-        batch = torch.tensor([t + [0] * (T - len(t)) for t in chunk], device=device)
+    for i, batch in padded_chunks(texts, device):
         probs = model(batch)[0].float().softmax(-1).cpu()
         for j, pos, tok, name in probes:
-            if i <= j < i + 64:
+            if i <= j < i + len(batch):
                 sums[name] = sums.get(name, 0.0) + probs[j - i, pos, tok].item()
                 counts[name] = counts.get(name, 0) + 1
     return {name: sums[name] / counts[name] for name in sorted(sums)}
@@ -213,12 +219,9 @@ def decisions(model, seeds, cot=False, level="L2"):
         start = [len(encode(prefix + "".join(" " + w for w in words[:k]))) for k in range(len(words) + 1)]
         tasks.append((env.world.family, encode(prefix + " " + " ".join(words)), start, row))
     hits = {}
-    for i in range(0, len(tasks), 64):
-        chunk = tasks[i : i + 64]
-        T = max(len(ids) for _, ids, _, _ in chunk)
-        batch = torch.tensor([ids + [0] * (T - len(ids)) for _, ids, _, _ in chunk], device=device)
+    for i, batch in padded_chunks([ids for _, ids, _, _ in tasks], device):
         right = (model(batch)[0].argmax(-1)[:, :-1] == batch[:, 1:]).cpu()  # right[b, t]: token t+1 is the argmax
-        for b, (family, ids, start, (w0, w1)) in enumerate(chunk):
+        for b, (family, ids, start, (w0, w1)) in enumerate(tasks[i : i + len(batch)]):
             h = hits.setdefault(family, {"row": 0, "turn": 0, "n": 0})
             h["row"] += right[b, start[w0] - 1 : start[w1] - 1].all().item()
             h["turn"] += right[b, start[0] - 1 : len(ids) - 1].all().item()
