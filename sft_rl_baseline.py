@@ -105,9 +105,11 @@ def grpo_round(model, opt, cfg, seeds, generator):
              "len": ep.lengths.float().mean().item(), "tok_s": ep.mask.sum().item() / (time.time() - t0)}
     if keep.any():
         ids, mask, logp_old, a = kept_rows(ep, adv, keep, next(model.parameters()).device)
+        n_tokens = ep.mask.sum().item()  # the round's agent tokens, dropped groups included (as in π-Distill)
         for _ in range(cfg.grad_steps):
             logits, _ = model(ids)
-            loss = clipped_surrogate(token_logprobs(logits / cfg.temperature, ids), logp_old, a, mask, cfg.clip)
+            loss = clipped_surrogate(token_logprobs(logits / cfg.temperature, ids), logp_old, a, mask, cfg.clip,
+                                     n_tokens=n_tokens)
             update(model, opt, loss)
         stats.update(loss=loss.item(), entropy=entropy(logits.detach(), mask))
     return stats, played
