@@ -1,8 +1,9 @@
 """The GRPO pieces every RL script shares (sft_rl_baseline.py, pi_distill.py, opsd.py): small pure tensor functions.
 
-PAPER.md §4: group-centred advantages **without** the division by the std, groups whose advantages are all zero
-dropped, a token-level clipped ratio in [0.8, 1.2], the loss normalised by the batch's agent-token count, several
-gradient steps per sampling round, and no KL to the base model.
+As in the paper's setup (§4): group-centred advantages **without** the division by the std, groups whose advantages
+are all zero dropped, a token-level clipped ratio in [1 − CLIP, 1 + CLIP], several gradient steps per sampling round,
+and no KL to the base model. Every script normalises its clipped term by the round's agent tokens, dropped groups
+included (docs/experiments.md, "Token normalisation"), so every RL row of the results table takes the same step.
 
 A GRPO loss near 0 is normal: advantages are centred per group, so the surrogate starts at ~0 every round. Watch
 success, reward and the zero-advantage fraction instead.
@@ -10,9 +11,11 @@ success, reward and the zero-advantage fraction instead.
 
 import torch
 
+CLIP = 0.2  # the ratio clip range [1 - CLIP, 1 + CLIP] of every RL term (the paper's [0.8, 1.2])
+
 
 def group_advantages(rewards):
-    """A_k = R_k − mean_group(R) for rewards (G, K): -> (G, K). No std normalisation (Dr. GRPO; PAPER.md §2 step 3)."""
+    """A_k = R_k − mean_group(R) for rewards (G, K): -> (G, K). No std normalisation (Dr. GRPO; Algorithm 1, step 3)."""
     return rewards - rewards.mean(dim=1, keepdim=True)
 
 
@@ -28,13 +31,13 @@ def centred_advantages(rewards, k):
     return adv.flatten(), informative_groups(adv).repeat_interleave(k)
 
 
-def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=0.2, dual_clip=None, n_tokens=None):
+def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=CLIP, dual_clip=None, n_tokens=None):
     """The PPO clipped objective per token, as a loss to minimise, normalised by the number of agent tokens.
 
         L = −Σ_t mask_t · min(ρ_t A, clip(ρ_t, 1 − clip, 1 + clip) A) / N,   ρ_t = exp(logp_new − logp_old)
 
-    N = Σ_t mask_t, the tokens the term uses, unless `n_tokens` gives another count (π-Distill: every agent token of
-    the round's batch, those of dropped groups included).
+    N = Σ_t mask_t, the tokens the term uses, unless `n_tokens` gives another count (the scripts pass every agent
+    token of the round's batch, those of dropped groups included).
 
     logp_new, logp_old, mask: (B, T); advantages: (B,) one per episode, broadcast over its tokens. `logp_old` is
     detached here: it is π_old in GRPO, π^T_old in π-Distill's student term (the ratio π^S_θ / sg π^T_old).
@@ -62,21 +65,6 @@ def entropy(logits, mask):
     ent = -(logp.exp() * logp).sum(-1)  # (B, T-1): position t-1 predicts token t
     m = mask[:, 1:].float()
     return ((ent * m).sum() / m.sum().clamp_min(1)).item()
-
-
-def trimmed(episodes, device, rows=None):
-    """ids, mask (float), logp_old (B', T') of the episodes (all, or those where the bool `rows` is True), cut to the
-    longest of them and moved to `device`. episodes: rollout.Episodes."""
-    rows = torch.ones_like(episodes.lengths, dtype=torch.bool) if rows is None else rows
-    T = int(episodes.lengths[rows].max())
-    return (episodes.ids[rows, :T].to(device), episodes.mask[rows, :T].float().to(device),
-            episodes.logp[rows, :T].to(device))
-
-
-def kept_rows(episodes, advantages, keep, device):
-    """The episodes whose group is informative, trimmed: ids, mask (float), logp_old (B', T'), and their
-    advantages (B',), on `device`. episodes: rollout.Episodes; advantages, keep: (B,)."""
-    return (*trimmed(episodes, device, keep), advantages[keep].to(device))
 
 
 def update(model, opt, loss, max_norm=1.0):

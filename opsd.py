@@ -1,21 +1,20 @@
-"""On-Policy Self-Distillation (PAPER.md §3, Eq. 5): the student samples, GRPO rewards it, and a reverse KL pulls
+"""On-Policy Self-Distillation (the paper's §3, Eq. 5): the student samples, GRPO rewards it, and a reverse KL pulls
 it toward what the same weights would do with the PI in view.
 
-    python opsd.py --env=toy_shop                   # the default run, from the shipped base model
-    python opsd.py --kl_in_reward=1                 # Algorithm 2: the KL folded into the episode reward instead
+    python opsd.py --env toy_shop                   # the default run, from the shipped base model
+    python opsd.py --kl_in_reward 1                 # Algorithm 2: the KL folded into the episode reward instead
 
-Each round: K student-view episodes per task at temperature 0.75; GRPO as in the other scripts (group-centred
-advantages without the std, all-zero groups dropped, clipped ratio π^S_θ / π^S_old, token-sum normalisation); and
-for tasks with PI, at every student-sampled agent token, the exact reverse KL
+Each round (opsd_round): K student-view episodes per task; GRPO as in the other scripts (group-centred advantages
+without the std, all-zero groups dropped, clipped ratio π^S_θ / π^S_old); and for tasks with PI, at every
+student-sampled agent token, the exact reverse KL
 
     KL(π^S ‖ sg π^T) = Σ_v p_S(v) (log p_S(v) − log p_T(v))
 
-with the teacher's logits (the same network, the PI line inserted into the context) detached.
-
-Choice (PAPER.md §3): by default the KL is a differentiable loss term, β · mean over agent tokens, added to the
-GRPO loss (App. E.1 and the authors' released loss); --kl_in_reward=1 instead subtracts β·KL_seq from each episode's
-reward before the advantages (Algorithm 2). The teacher's log-probs are computed once per round, at the round's
-weights (sg π^T), and reused by the `grad_steps` steps. β defaults to 0.5 (the paper found OPSD insensitive to it).
+with the teacher's logits (the same network, the PI line inserted into the context) detached. By default the KL is a
+differentiable loss term, β · mean over agent tokens, added to the GRPO loss (the paper's App. E.1 and its authors'
+released loss); --kl_in_reward 1 instead subtracts β·KL_seq from each episode's reward before the advantages
+(Algorithm 2). Both terms are normalised by the round's agent tokens. The teacher's log-probs are computed once per
+round, at the round's weights, and reused by the `grad_steps` steps. OPSD collapses here (docs/experiments.md).
 """
 
 import time
@@ -23,39 +22,28 @@ from dataclasses import dataclass
 
 import torch
 
-from config import parse_args
+from config import label, parse_args
 from env import TEST_SEEDS
 from eval import evaluate
-from grpo import centred_advantages, clipped_surrogate, entropy, trimmed, update
+from grpo import centred_advantages, clipped_surrogate, entropy, update
 from model import kl_div, token_logprobs, vocab_logprobs
-from rollout import play, show_episode, teacher_view
-from run import Run, pi_tasks
+from rollout import TEMPERATURE, play, show_episode, teacher_view, trimmed
+from run import Run, RunConfig, pi_tasks
 
 
 @dataclass
-class Config:
-    env: str = "toy_shop"
-    level: str = "L2"
-    init: str = ""  # starting checkpoint; default: the env's base model
+class Config(RunConfig):
     pi: str = "full"  # PI form the teacher view sees: full | tools | key | answer | hint
     pi_coverage: float = 1.0  # share of the training tasks that have PI (the others get GRPO alone)
     n_tasks: int = 2000  # training tasks (the expert budget)
     beta: float = 0.5  # weight of KL(π^S ‖ sg π^T)
     kl_in_reward: bool = False  # Algorithm 2: fold β·KL_seq into the reward instead of a loss term
     steps: int = 150  # sampling rounds
-    tasks: int = 16
-    k: int = 4
-    temperature: float = 0.75
-    lr: float = 2e-4
-    grad_steps: int = 2
-    clip: float = 0.2
-    eval_every: int = 25
-    eval_n: int = 200
-    final_n: int = 500
-    run: str = ""
-    resume: bool = False
-    device: str = "auto"
-    seed: int = 0
+    tasks: int = 16  # tasks per round
+    k: int = 4  # episodes per task (the group size)
+    lr: float = 2e-4  # AdamW learning rate
+    grad_steps: int = 2  # gradient steps per round on the same episodes
+    eval_every: int = 25  # rounds between held-out evaluations
 
 
 def reverse_kl(logits_s, s_mask, lp_t):
@@ -68,7 +56,7 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator):
     """One round of Eq. 5 over `seeds`: -> (stats, the student episodes)."""
     t0, device, K = time.time(), next(model.parameters()).device, cfg.k
     model.eval()
-    played = play(model, seeds, K, level=cfg.level, temperature=cfg.temperature, generator=generator)
+    played = play(model, seeds, K, level=cfg.level, temperature=TEMPERATURE, generator=generator)
     ep = played.episodes
     ids, mask, logp_old = trimmed(ep, device)
     with_pi = torch.tensor([has_pi(s) for s in seeds]).repeat_interleave(K)  # (B,)
@@ -88,13 +76,13 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator):
              "len": ep.lengths.float().mean().item(), "tok_s": ep.mask.sum().item() / (time.time() - t0)}
     model.train()
     grpo_mask = mask * keep[:, None].to(device)  # GRPO on informative groups only; the KL on every PI episode
-    n_tokens = (grpo_mask + kl_mask).clamp_max(1).sum().clamp_min(1)
+    n_tokens = mask.sum().clamp_min(1)  # the round's agent tokens: every script's normalisation
     if not keep.any() and (cfg.kl_in_reward or lp_t is None):
         return stats, played
     for _ in range(cfg.grad_steps):
         logits, _ = model(ids)
-        loss = clipped_surrogate(token_logprobs(logits / cfg.temperature, ids), logp_old, adv.to(device), grpo_mask,
-                                 cfg.clip) * grpo_mask.sum() / n_tokens
+        loss = clipped_surrogate(token_logprobs(logits / TEMPERATURE, ids), logp_old, adv.to(device), grpo_mask,
+                                 n_tokens=n_tokens)
         if lp_t is not None and not cfg.kl_in_reward:
             loss = loss + cfg.beta * reverse_kl(logits, kl_mask, lp_t).sum() / n_tokens
         update(model, opt, loss)
@@ -105,8 +93,7 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator):
 def main(argv=None):
     cfg = parse_args(Config(), argv)
     pool, with_pi = pi_tasks(cfg)
-    cfg.run = cfg.run or f"opsd_{cfg.pi}_b{cfg.beta}{'_r' if cfg.kl_in_reward else ''}_c{cfg.pi_coverage}_s{cfg.seed}"
-    run = Run(cfg, cfg.run)
+    run = Run(cfg, "opsd")
     model, ckpt = run.load_model()
     opts = {"opt": torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))}
     phase, step = run.restore(ckpt, opts) if cfg.resume else ("rl", 0)
@@ -128,10 +115,7 @@ def main(argv=None):
     model.eval()
     final = evaluate(model, test[: cfg.final_n], level=cfg.level)
     run.save(model, opts, "done", step)
-    method = "OPSD" + (" (KL in reward)" if cfg.kl_in_reward else "")
-    if cfg.pi != "full" or cfg.pi_coverage < 1:
-        method += f" ({cfg.pi}, coverage {cfg.pi_coverage:g})"
-    return run.finish(method, heldout_success=final["success"], protocol_errors=final["protocol_errors"],
+    return run.finish(label("OPSD", cfg), heldout_success=final["success"], protocol_errors=final["protocol_errors"],
                       n=cfg.final_n)
 
 

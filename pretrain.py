@@ -45,15 +45,18 @@ import torch
 from tqdm import tqdm
 
 import tokenizer as tk
-from config import parse_args
-from eval import evaluate, pi_copy
+from config import changed, parse_args
+from diagnostics import pi_copy, reading
+from env import PRETRAIN_SEED0, TRAIN_SEEDS, make, pi_text
+from eval import evaluate
 from grpo import update
-from env import COLORS, PRETRAIN_SEED0, SYS_LINE, TRAIN_SEEDS, build_world, make, pi_line, pi_text
-from model import GPT, IGNORE_INDEX, CheckpointError, GPTConfig, load_checkpoint, pick_device, save_checkpoint
+from model import GPT, CheckpointError, GPTConfig, load_checkpoint, pick_device, save_checkpoint
+from rollout import TEMPERATURE
+from run import BASE_PATH
+from skills import LOOKUPS, skill_pieces
+from transcripts import collate, encode_pieces, transcript_pieces
 
-BASE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "base", "{env}.pt")
-
-# The shipped base as it was made (session 9; README, "the base model"): two runs back to back. The first, with
+# The shipped base (docs/base_model.md): two runs back to back. The first, with
 # weak-agent episodes inside the lookup curriculum, is cut at step 1,500 of a 10,000-step schedule; the second starts
 # again from its weights with a fresh optimizer, warm-up and corpus draws, along a 7,500-step cosine whose first
 # 3,000 steps finish the curriculum (~2 hours on a 2-core CPU in all). Only so did both skills form in one model: the
@@ -82,7 +85,6 @@ class PretrainConfig:
     stop_at: int = 0  # end at this step, on the schedule of `steps` (0: at `steps`); BASE_RECIPE's first run
     eval_every: int = 1000  # steps between calibration checks (student / teacher success on training seeds)
     eval_episodes: int = 128
-    temperature: float = 0.75  # the algorithms' sampling temperature
     out: str = ""  # checkpoint path; default base/<env>.pt
     init: str = ""  # continue from this checkpoint (its size; --model is ignored) instead of from scratch; needs --out
     workers: int = 0  # processes writing the corpus beside the training loop (0: in the loop; same batches)
@@ -145,114 +147,6 @@ def episode_pieces(env, seed, cfg, rng):
     return transcript_pieces(env.history, pi, reply_loss=True)
 
 
-def transcript_pieces(history, pi=None, reply_loss=False):
-    """A finished episode as [(text, has_loss)]: the loss is on the agent's turns (chain of thought included) and,
-    with `reply_loss`, on the amounts of a write's `ok …` reply. sft_rl_baseline.py uses it for expert episodes."""
-    pieces = [(SYS_LINE, False)] + ([(pi_line(pi), False)] if pi else [])
-    for i, (role, text) in enumerate(history):
-        end = "<|eos|>" if i == len(history) - 1 else "\n"
-        if role == "agent":
-            pieces += [("<|agent|>", False), (f" {text}{end}", True)]
-        elif role == "tool" and reply_loss and text.startswith("ok "):  # the amounts follow from the rows
-            pieces += [("<|tool|> ok", False), (f" {text[3:]}{end}", True)]
-        else:
-            pieces.append((f"<|{role}|> {text}{end}", False))
-    return pieces
-
-
-SKILLS = ["price", "stock", "colour", "minmax", "calc", "sized"]  # the skill questions (sized: colour and size)
-
-
-def skill_table(rng):
-    """A skill document's table: a fresh L2 world's search reply, or its order -> (rows, text, has stock column)."""
-    w = build_world(rng.randrange(PRETRAIN_SEED0, 2 * PRETRAIN_SEED0), "L2")
-    rows = w.rows or w.orders[w.order_id].items
-    text = "<|tool|> " + (" | ".join(r.render() for r in rows) if w.rows else w.orders[w.order_id].render())
-    return rows, text, bool(w.rows)
-
-
-def skill_question(rng, rows, has_stock=True, kind=None, sized=0.0):
-    """One question about `rows` and its answer: (question, answer). `kind` (one of SKILLS) or, when None, drawn at
-    the corpus's rates (price 30%, stock 15%, ids of a colour 15%, min/max 20%, a sum or difference 20%); on a
-    table without stock (order items), stock and colour questions fall through to min/max. Asked for by `kind`, a
-    colour question names a colour present in the table (the corpus's random colour is often absent: `none`).
-    With `sized` > 0, that share of the colour questions over a table with sizes also names a size — the ids of a
-    colour in one size, EXCHANGE's lookup (`green mid`); kind `sized` always does. The shipped base has sized = 0."""
-    r = rng.choice(rows)
-    prices = [x.price for x in rng.sample(rows, min(len(rows), rng.randint(2, 4)))]
-    u = rng.random() if kind is None else {"price": 0.0, "stock": 0.3, "colour": 0.45, "sized": 0.45, "minmax": 0.6,
-                                           "calc": 0.8}[kind]
-    if u < 0.3:
-        return f"price {r.id}", str(r.price)
-    if u < 0.45 and has_stock:
-        return f"stock {r.id}", str(r.stock)
-    if u < 0.6 and has_stock:
-        c = rng.choice(COLORS) if kind is None else r.color
-        z = r.size if r.size and (kind == "sized" or (sized > 0 and rng.random() < sized)) else ""  # no draw at 0
-        ids = [x.id for x in rows if x.color == c and (not z or x.size == z)]
-        return f"{c} {z}".rstrip(), " ".join(ids) or "none"
-    if u < 0.8:
-        f = rng.choice(["min", "max"])
-        return f"{f} " + " ".join(map(str, prices)), str(min(prices) if f == "min" else max(prices))
-    n = rng.randint(2, 3) if rng.random() < 0.5 else 1
-    if n > 1:
-        return f"calc {' + '.join([str(r.price)] * n)}", str(r.price * n)
-    return f"calc {prices[0]} - {prices[1]}", str(prices[0] - prices[1])
-
-
-def skill_doc(table, questions):
-    """A skill document as [(text, has_loss)]: the table, then each (question, answer); the answers carry the loss."""
-    pieces = [("<|sys|> skill\n", False), (table + "\n", False)]
-    for q, a in questions:
-        pieces += [(f"<|user|> {q}\n<|agent|>", False), (f" {a}\n", True)]
-    return pieces
-
-
-LOOKUPS = ["price", "stock", "colour", "colour"]  # the curriculum's first phase: a row by its id or (half) its colour
-
-
-def skill_pieces(rng, kinds=None, sized=0.0):
-    """A corpus skill document: a fresh table and four questions drawn at the corpus's rates, or, with `kinds`,
-    of those kinds alone (drawn from the list; over a catalogue, since stock and colour questions need one).
-    `sized`: the share of colour questions that also name a size (skill_question)."""
-    rows, table, has_stock = skill_table(rng)
-    while kinds and not has_stock:
-        rows, table, has_stock = skill_table(rng)
-    return skill_doc(table, [skill_question(rng, rows, has_stock, kinds and rng.choice(kinds), sized)
-                             for _ in range(4)])
-
-
-@torch.no_grad()
-def reading(model, n=200, seed=0):
-    """The base model's reading, measured: per skill kind, the share of n one-question documents whose answer it
-    gets exactly right greedily. Scored in one teacher-forced pass (greedy decoding writes the answer iff every
-    answer token, its newline included, is the argmax given the right prefix), so it costs a forward per kind."""
-    device, rng, out = next(model.parameters()).device, random.Random(seed), {}
-    for kind in SKILLS:
-        docs = []
-        while len(docs) < n:
-            rows, table, has_stock = skill_table(rng)
-            needs = {"stock": has_stock, "colour": has_stock, "sized": has_stock and bool(rows[0].size)}
-            if needs.get(kind, True):  # stock and colour questions need a catalogue, sized ones one with sizes
-                docs.append(encode_pieces(skill_doc(table, [skill_question(rng, rows, has_stock, kind)])))
-        x, y = collate(docs, device)
-        logits, _ = model(x)
-        scored = y != IGNORE_INDEX
-        out[kind] = ((logits.argmax(-1) == y) | ~scored).all(1).float().mean().item()
-    return out
-
-
-def encode_pieces(pieces):
-    """-> (ids, loss flags): each piece encodes on its own, which equals encoding the whole text (pieces end at a
-    newline or a special token, where the tokenizer's split pattern cuts anyway)."""
-    ids, flags = [], []
-    for text, has_loss in pieces:
-        t = tk.encode(text)
-        ids += t
-        flags += [has_loss] * len(t)
-    return ids, flags
-
-
 def get_batch(cfg, rng, env, device="cpu", step=None):
     """x, y (B, T) for next-token prediction; y = -1 where a token carries no loss, and on padding. Batches before
     step `cfg.skill_steps` are lookup documents alone (the curriculum), or with `curriculum_episodes` > 0 that share
@@ -285,18 +179,6 @@ class Corpus(torch.utils.data.IterableDataset):
             yield get_batch(self.cfg, random.Random(self.cfg.seed * 10**9 + step), env, step=step)
 
 
-def collate(seqs, device):
-    """[(ids, loss flags)] -> x, y (B, T): y[t] = ids[t+1] where that token has loss, else -1; padded."""
-    T = max(len(ids) for ids, _ in seqs) - 1
-    x = torch.full((len(seqs), T), tk.special("<|pad|>"), dtype=torch.long)
-    y = torch.full((len(seqs), T), IGNORE_INDEX, dtype=torch.long)
-    for b, (ids, flags) in enumerate(seqs):
-        n = len(ids) - 1
-        x[b, :n] = torch.tensor(ids[:-1])
-        y[b, :n] = torch.tensor([t if f else IGNORE_INDEX for t, f in zip(ids[1:], flags[1:])])
-    return x.to(device), y.to(device)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # training
 
@@ -313,7 +195,7 @@ def calibration(model, cfg, n=None, seed=0):
     """Success of the student view and of the teacher with `full` / `key` PI on training seeds (ENV.md §7), and how
     far the teacher copies its PI line's row id and payment (eval.pi_copy: copy_pay 0.5 = ignores the payment)."""
     seeds = list(TRAIN_SEEDS[: n or cfg.eval_episodes])
-    out = {view or "student": evaluate(model, seeds, pi=view, level=cfg.level, temperature=cfg.temperature,
+    out = {view or "student": evaluate(model, seeds, pi=view, level=cfg.level, temperature=TEMPERATURE,
                                        seed=seed)["success"] for view in (None, "full", "key")}
     copy = pi_copy(model, seeds, cfg.level)
     return {**out, "copy_id": copy["teacher_id"], "copy_pay": copy["teacher_pay"]}
@@ -393,23 +275,14 @@ def make_base(env="toy_shop", recipe=BASE_RECIPE, extra=()):
     return main([f"--env={env}", *recipe[1].split(), *extra, f"--init={stage1}", f"--out={out}"])
 
 
-def ensure_base(env="toy_shop"):
-    """The path of the env's base model, pretraining it first (with a message) when it does not exist yet."""
-    path = BASE_PATH.format(env=env)
-    if not os.path.isfile(path):
-        print(f"no base model at {path}: pretraining it now (python pretrain.py --env={env}: BASE_RECIPE, two runs, "
-              "~2 hours on 2 cores)")
-        make_base(env)
-    return path
-
-
-def cli(args):
-    """`python pretrain.py [--env= --device= --workers=]`: the shipped base by BASE_RECIPE; with any other option,
-    one run with those options."""
-    if all(a.split("=")[0] in ("--env", "--device", "--workers") for a in args):
-        env = next((a.split("=", 1)[1] for a in args if a.startswith("--env=")), "toy_shop")
-        return make_base(env, extra=[a for a in args if not a.startswith("--env=")])
-    return main(args)
+def cli(argv):
+    """`python pretrain.py [--env E] [--device D] [--workers N]`: the shipped base by BASE_RECIPE; with any other
+    option, one run with those options."""
+    cfg = parse_args(PretrainConfig(), argv)
+    if not changed(cfg, ("env", "workers")):
+        extra = [f"--{k}={getattr(cfg, k)}" for k in ("device", "workers") if getattr(cfg, k) != getattr(PretrainConfig, k)]
+        return make_base(cfg.env, extra=extra)
+    return main(argv)
 
 
 if __name__ == "__main__":

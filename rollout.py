@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 import tokenizer as tk
 from env import SYS_LINE, make, pi_line
-from model import KVCache
+from model import KVCache, kl_div, vocab_logprobs
+
+TEMPERATURE = 0.75  # the algorithms' sampling temperature: every training script's rollouts and the sampled evals
 
 
 @dataclass
@@ -263,6 +265,31 @@ def teacher_view(played, pi):
         mask[row, :n] = torch.cat([ep.mask[row, :start], torch.zeros_like(line_ids), ep.mask[row, start:]])
         logp[row, :n] = torch.cat([ep.logp[row, :start], torch.zeros(len(line)), ep.logp[row, start:]])
     return Episodes(ids, mask, logp, ep.lengths + torch.tensor([len(line) for line in lines]), ep.done)
+
+
+def trimmed(episodes, device, rows=None):
+    """ids, mask (float), logp (B', T') of the episodes (all, or those where the bool `rows` is True), cut to the
+    longest of them and moved to `device`: the tensors a loss is computed on."""
+    rows = torch.ones_like(episodes.lengths, dtype=torch.bool) if rows is None else rows
+    T = int(episodes.lengths[rows].max())
+    return (episodes.ids[rows, :T].to(device), episodes.mask[rows, :T].float().to(device),
+            episodes.logp[rows, :T].to(device))
+
+
+@torch.no_grad()
+def kl_teacher_student(model, played, pi, with_teacher=False):
+    """KL_seq(π^T ‖ π^S) per episode of the teacher's samples `played` (PI form `pi`): the exact full-vocabulary
+    Σ_v p_T(v) (log p_T(v) − log p_S(v)) at each agent token, summed over the episode, without gradient: the KL in
+    π-Distill's teacher reward (Eq. 2) and the premise's initial KL (eval.py). With `with_teacher`, also the teacher's
+    log-softmax at those tokens (N, V), row-major, the sg π^T of π-Distill's student term (Eq. 3)."""
+    ep, device = played.episodes, model.wte.weight.device
+    (ids_t, mask_t, _), (ids_s, mask_s, _) = trimmed(ep, device), trimmed(student_view(played, pi), device)
+    lp_t = vocab_logprobs(model(ids_t)[0], mask_t)  # (N, V), agent tokens, row-major order
+    lp_s = vocab_logprobs(model(ids_s)[0], mask_s)  # (N, V), the same tokens, same order
+    per_token = kl_div(lp_t, lp_s).cpu()  # (N,) KL(π^T ‖ π^S) at each agent token
+    rows = torch.arange(ep.ids.size(0)).repeat_interleave(ep.mask.sum(1))
+    kl_seq = torch.zeros(ep.ids.size(0)).index_add_(0, rows, per_token)
+    return (kl_seq, lp_t) if with_teacher else kl_seq
 
 
 def show_episode(played, row=0):

@@ -1,6 +1,7 @@
 """The bookkeeping of one training run, shared by sft_rl_baseline.py, pi_distill.py and opsd.py.
 
-A run lives in out/<run>/: config.json (the resolved options), log.jsonl (one JSON object per logged step, the same
+RunConfig holds the options every training script has (where a run starts, where it is written, how it is
+evaluated); each script's Config extends it with its algorithm's knobs. A run lives in out/<run>/: config.json (the resolved options), log.jsonl (one JSON object per logged step, the same
 keys as the printed line), ckpt.pt (model, optimizer, phase, step and RNG states, written atomically). --resume
 continues from ckpt.pt; a finished run resumed only reports again. Without --resume a folder that already holds a
 run (a log or a checkpoint) is refused, so a second run never mixes its log into the first's or overwrites its
@@ -12,38 +13,63 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
+from config import run_name
 from env import PI_FORMS, TRAIN_SEEDS, make
 from model import CheckpointError, load_checkpoint, pick_device, save_checkpoint
+
+BASE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "base", "{env}.pt")
+
+
+def base_checkpoint(env):
+    """The path of the env's shipped base model; a one-line error naming how to build it when it is missing."""
+    path = BASE_PATH.format(env=env)
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no base model at {path}; build it with `python pretrain.py --env {env}` "
+                         "(two runs, about 2 hours on a 2-core CPU; docs/base_model.md)")
+    return path
+
+
+@dataclass
+class RunConfig:
+    env: str = "toy_shop"  # the environment
+    level: str = "L2"  # the task level (env.LEVELS: L1 | L2 | L3)
+    init: str = ""  # starting checkpoint; default: the env's base model, base/<env>.pt
+    eval_every: int = 50  # rounds (or SFT steps) between held-out evaluations
+    eval_n: int = 200  # held-out tasks per periodic evaluation
+    final_n: int = 500  # held-out tasks of the final evaluation
+    run: str = ""  # the run's folder out/<run>/; default: the script, the options changed from their defaults, seed
+    resume: bool = False  # continue out/<run>/ from its last checkpoint
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 0  # seeds task order, sampling and initialisation
 
 
 class Run:
     """Folder, log and checkpoints of a run (a plain holder of file handles and paths, no training logic)."""
 
-    def __init__(self, cfg, name):
-        self.cfg, self.dir = cfg, os.path.join("out", name)
+    def __init__(self, cfg, script):
+        cfg.run = cfg.run or run_name(script, cfg)
+        self.cfg, self.dir = cfg, os.path.join("out", cfg.run)
         self.ckpt_path = os.path.join(self.dir, "ckpt.pt")
         self.t_start = time.time()
         self.rng = random.Random(cfg.seed)
         torch.manual_seed(cfg.seed)
 
     def load_model(self):
-        """-> (model, checkpoint dict). The start is --resume's ckpt.pt, else --init, else the env's base model
-        (pretrained first if absent). Any bad input ends the script with one line naming it."""
-        from pretrain import ensure_base  # pretrain.py is heavy and imports eval.py; only needed here
-
+        """-> (model, checkpoint dict). The start is --resume's ckpt.pt, else --init, else the env's base model.
+        Any bad input ends the script with one line naming it."""
         try:
             make(self.cfg.env, self.cfg.level)
-            start = self.ckpt_path if self.cfg.resume else (self.cfg.init or ensure_base(self.cfg.env))
+            start = self.ckpt_path if self.cfg.resume else (self.cfg.init or base_checkpoint(self.cfg.env))
             self.device = pick_device(self.cfg.device)
             model, ckpt = load_checkpoint(start, self.device)
         except (ValueError, CheckpointError) as e:
             sys.exit(f"error: {e}")
         if not self.cfg.resume and any(os.path.exists(os.path.join(self.dir, f)) for f in ("log.jsonl", "ckpt.pt")):
-            sys.exit(f"error: {self.dir} already holds a run; --resume=1 continues it, --run=NAME starts another "
+            sys.exit(f"error: {self.dir} already holds a run; --resume 1 continues it, --run NAME starts another "
                      "(or delete the folder)")  # never append to another run's log or overwrite its checkpoint
         print(json.dumps(asdict(self.cfg)))
         os.makedirs(self.dir, exist_ok=True)
@@ -51,15 +77,6 @@ class Run:
             json.dump(asdict(self.cfg), f, indent=1)
         self.log_file = open(os.path.join(self.dir, "log.jsonl"), "a")
         return model, ckpt
-
-    def load_start(self):
-        """A fresh copy of the weights the run began from (--init, else the env's base model), also on --resume."""
-        from pretrain import ensure_base
-
-        try:
-            return load_checkpoint(self.cfg.init or ensure_base(self.cfg.env), self.device)[0]
-        except CheckpointError as e:
-            sys.exit(f"error: {e}")
 
     def restore(self, ckpt, optimizers):
         """Optimizer and RNG states from a --resume checkpoint: -> (phase, step)."""

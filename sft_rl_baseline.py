@@ -1,22 +1,20 @@
-"""SFT on the expert's transcripts (with or without its chain of thought), then GRPO on the student view.
+"""SFT on the expert's transcripts (with or without its chain of thought), then GRPO on the student view: the
+paper's baselines (§4).
 
-    python sft_rl_baseline.py --cot=1                  # SFT w/ CoT + RL: the industry-standard baseline
-    python sft_rl_baseline.py --cot=0 --rl_steps=0     # SFT w/o CoT alone
-    python sft_rl_baseline.py --sft_steps=0            # plain RL (GRPO from the base model)
+    python sft_rl_baseline.py --cot 1                  # SFT w/ CoT + RL: the industry-standard baseline
+    python sft_rl_baseline.py --cot 0 --rl_steps 0     # SFT w/o CoT alone
+    python sft_rl_baseline.py --sft_steps 0            # plain RL (GRPO from the base model)
 
-PAPER.md §4. SFT: next-token loss on the agent's tokens of expert episodes of the first `n_expert` training seeds
-(the same seeds, and the same expert budget, whose PI the other methods use), AdamW at `sft_lr`, decayed along a
-cosine to `sft_lr_end` of it by the last step; by default a constant rate (`sft_lr_end=1`): at the default 600 steps
-the cosine to 10% that session 5 adopted cost SFT w/ CoT 12 points (58.4% against 70.2%, README); the long G4 runs
-and the learning curves use `--sft_lr_end=0.1`. With --cot=1 the expert's reasoning (`<|think|> … <|/think|>`,
-env.expert_act's draft style by default, `--cot_style=list` for ENV.md's) is part of the target, so the model writes
-its own at test time; the two delimiters, which the base never saw, start at the mean embedding of the episodes'
-tokens (`init_think_tokens`; `--think_init=0` keeps them as loaded). GRPO (grpo.py): K student-view rollouts per
-task at the algorithms' temperature, group-centred advantages without the std, all-zero groups dropped, clipped
-token-level ratio, several gradient steps per round, no KL to the base.
+SFT: next-token loss on the agent's tokens of one expert episode per training seed of the first `n_expert` (the same
+seeds, and the same expert budget, whose PI the other methods use), AdamW at `sft_lr`, decayed along a cosine to
+`sft_lr_end` of it by the last step (1: a constant rate). With --cot 1 the expert's reasoning (`<|think|> … <|/think|>`,
+env.expert_act's `draft` style by default) is part of the target, so the model writes its own at test time; the two
+delimiters, which the base never saw, start at the mean embedding of the episodes' tokens (init_think_tokens; a
+deviation, docs/deviations.md). GRPO (grpo.py): K student-view rollouts per task, group-centred advantages without
+the std, all-zero groups dropped, clipped token-level ratio normalised by the round's agent tokens, several gradient
+steps per round, no KL to the base.
 
-Every evaluation is the student view on held-out seeds, greedy. Logs: one line per step and out/<run>/log.jsonl;
-checkpoints at each evaluation (out/<run>/ckpt.pt, --resume continues). The last line is a JSON summary.
+Every evaluation is the student view on held-out seeds, greedy. Logs, checkpoints and --resume: run.py.
 """
 
 import math
@@ -27,43 +25,31 @@ from dataclasses import dataclass
 import torch
 
 import tokenizer as tk
-from config import parse_args
+from config import label, parse_args
 from env import COT_STYLES, TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
 from eval import evaluate
-from grpo import centred_advantages, clipped_surrogate, entropy, kept_rows, update
+from grpo import centred_advantages, clipped_surrogate, entropy, update
 from model import token_logprobs
-from pretrain import collate, encode_pieces, transcript_pieces
-from rollout import play, show_episode
-from run import Run
+from rollout import TEMPERATURE, play, show_episode, trimmed
+from run import Run, RunConfig
+from transcripts import collate, encode_pieces, transcript_pieces
 
 
 @dataclass
-class Config:
-    env: str = "toy_shop"
-    level: str = "L2"
-    init: str = ""  # starting checkpoint; default: the env's base model
+class Config(RunConfig):
     cot: bool = False  # SFT targets include the expert's chain of thought
-    cot_style: str = "draft"  # with --cot=1: draft (the write first, then its row checked) or list (ENV.md §6's)
-    think_init: bool = True  # with --cot=1, a fresh SFT starts both delimiters at the mean embedding (0: as loaded)
+    cot_style: str = "draft"  # with --cot 1: draft (the write first, then its row checked) | list (every candidate)
+    think_init: bool = True  # with --cot 1: both delimiters start at the mean embedding (0: as loaded)
     n_expert: int = 2000  # training seeds with an expert transcript; GRPO samples its tasks from the same seeds
-    sft_steps: int = 600
-    sft_batch: int = 32
-    sft_lr: float = 1e-3  # peak; cosine decay to sft_lr_end of it over sft_steps
-    sft_lr_end: float = 1.0  # where the cosine ends, as a fraction of sft_lr (1 = a constant rate, the default)
-    rl_steps: int = 150  # GRPO rounds (the same 150 rounds × 16 tasks × 4 episodes as pi_distill.py and opsd.py)
+    sft_steps: int = 600  # SFT optimizer steps (0: no SFT)
+    sft_batch: int = 32  # expert episodes per SFT step
+    sft_lr: float = 1e-3  # SFT peak learning rate
+    sft_lr_end: float = 1.0  # where SFT's cosine ends, as a fraction of sft_lr (1: a constant rate)
+    rl_steps: int = 150  # GRPO rounds (0: no RL)
     tasks: int = 16  # tasks per round
-    k: int = 4  # rollouts per task
-    temperature: float = 0.75
-    rl_lr: float = 2e-4
+    k: int = 4  # rollouts per task (the group size)
+    rl_lr: float = 2e-4  # GRPO learning rate
     grad_steps: int = 2  # gradient steps per round on the same rollouts
-    clip: float = 0.2  # ratio clip range [1 - clip, 1 + clip]
-    eval_every: int = 50  # steps (SFT) / rounds (RL) between held-out evaluations
-    eval_n: int = 200  # held-out episodes per periodic evaluation
-    final_n: int = 500  # held-out episodes for the final number
-    run: str = ""  # out/<run>/; default from the options
-    resume: bool = False
-    device: str = "auto"
-    seed: int = 0
 
 
 def expert_data(cfg):
@@ -84,9 +70,8 @@ def init_think_tokens(model, data):
 
     Not in the paper, whose model knows its reasoning delimiters. Our base never saw them (pretraining has no chain
     of thought): their rows of the tied embedding are still at their random init, about 2.4 in norm against about
-    0.9 for the tokens it learned. The mean embedding is the usual start for a token added to a pretrained model.
-    Measured (README, "Other chains of thought"): draft CoT, 500 episodes, held-out 49.8% → 74.0%, the bought row
-    in stock 44% → 97%; with the list CoT no gain."""
+    0.9 for the tokens it learned. The mean embedding is the usual start for a token added to a pretrained model
+    (docs/experiments.md, "Chain-of-thought styles")."""
     delimiters = [tk.special("<|think|>"), tk.special("<|/think|>")]
     seen = sorted({t for ids, _ in data for t in ids} - set(delimiters))
     w = model.wte.weight
@@ -97,19 +82,19 @@ def grpo_round(model, opt, cfg, seeds, generator):
     """One round: sample K episodes per task, centre rewards per group, take grad_steps clipped-surrogate steps."""
     t0 = time.time()
     model.eval()
-    played = play(model, seeds, cfg.k, level=cfg.level, temperature=cfg.temperature, generator=generator)
+    played = play(model, seeds, cfg.k, level=cfg.level, temperature=TEMPERATURE, generator=generator)
     model.train()
     ep = played.episodes
     adv, keep = centred_advantages(played.rewards, cfg.k)  # (B,), (B,)
     stats = {"success": played.rewards.mean().item(), "zero_adv": 1 - keep.float().mean().item(),
              "len": ep.lengths.float().mean().item(), "tok_s": ep.mask.sum().item() / (time.time() - t0)}
     if keep.any():
-        ids, mask, logp_old, a = kept_rows(ep, adv, keep, next(model.parameters()).device)
-        n_tokens = ep.mask.sum().item()  # the round's agent tokens, dropped groups included (as in π-Distill)
+        device = next(model.parameters()).device
+        (ids, mask, logp_old), a = trimmed(ep, device, keep), adv[keep].to(device)  # the informative groups
+        n_tokens = ep.mask.sum().item()  # the round's agent tokens, dropped groups included (every script's rule)
         for _ in range(cfg.grad_steps):
             logits, _ = model(ids)
-            loss = clipped_surrogate(token_logprobs(logits / cfg.temperature, ids), logp_old, a, mask, cfg.clip,
-                                     n_tokens=n_tokens)
+            loss = clipped_surrogate(token_logprobs(logits / TEMPERATURE, ids), logp_old, a, mask, n_tokens=n_tokens)
             update(model, opt, loss)
         stats.update(loss=loss.item(), entropy=entropy(logits.detach(), mask))
     return stats, played
@@ -119,11 +104,7 @@ def main(argv=None):
     cfg = parse_args(Config(), argv)
     if cfg.cot_style not in COT_STYLES:
         sys.exit(f"error: --cot_style must be one of {', '.join(COT_STYLES)}, not {cfg.cot_style!r}")
-    list_cot = cfg.cot and cfg.cot_style == "list"
-    cfg.run = cfg.run or (f"sft{'_cot' if cfg.cot else ''}{'_list' if list_cot else ''}_{cfg.sft_steps}"
-                          f"_rl_{cfg.rl_steps}_n{cfg.n_expert}"
-                          f"{f'_lrend{cfg.sft_lr_end:g}' if cfg.sft_lr_end != 1 else ''}_s{cfg.seed}")
-    run = Run(cfg, cfg.run)
+    run = Run(cfg, "sft_rl")
     model, ckpt = run.load_model()
     opts = {"sft_opt": torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0),
             "rl_opt": torch.optim.AdamW(model.parameters(), lr=cfg.rl_lr, weight_decay=0.0, betas=(0.9, 0.99))}
@@ -176,13 +157,10 @@ def main(argv=None):
     model.eval()
     final = evaluate(model, test[: cfg.final_n], level=cfg.level)
     run.save(model, opts, "done", step)
-    sft = f"SFT w/{'' if cfg.cot else 'o'} CoT{' (list CoT)' if list_cot else ''}" if cfg.sft_steps else ""
+    sft = f"SFT w/{'' if cfg.cot else 'o'} CoT" if cfg.sft_steps else ""
     method = " + ".join(x for x in (sft, "RL" if cfg.rl_steps else "") if x) or "base"
-    budget = {k: getattr(cfg, k) for k in ("n_expert", "sft_steps", "rl_steps", "sft_lr_end", "sft_lr", "sft_batch",
-                                           "rl_lr")
-              if getattr(cfg, k) != getattr(Config, k) and not (k.endswith("_steps") and getattr(cfg, k) == 0)}
-    if budget:  # a row of its own in the results table, not pooled with the default budget
-        method += " (" + ", ".join(f"{k} {v}" for k, v in budget.items()) + ")"
+    named = ["cot"] + [k for k in ("sft_steps", "rl_steps") if getattr(cfg, k) == 0]  # what the name already says
+    method = label(method, cfg, named)
     return run.finish(method, heldout_success=final["success"], protocol_errors=final["protocol_errors"],
                       n=cfg.final_n)
 

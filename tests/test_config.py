@@ -1,31 +1,60 @@
-"""`--key=value` parsing: overrides by type, and loud failures for unknown keys and wrong types."""
+"""`--key value` / `--key=value` parsing: overrides by type, --help from the fields' comments, loud failures for unknown
+keys, missing values and wrong types; run names and table labels from the options changed."""
 
 from dataclasses import dataclass
 
 import pytest
 
-from config import parse_args
+from config import label, parse_args, run_name
 
 
 @dataclass
 class Cfg:
-    steps: int = 10
-    lr: float = 1e-3
+    steps: int = 10  # optimizer steps
+    lr: float = 1e-3  # learning rate
     cot: bool = False
-    env: str = "toy_shop"
+    env: str = "toy_shop"  # the environment
 
 
 def test_overrides_by_type():
     cfg = parse_args(Cfg(), ["--steps=3", "--lr=0.5", "--cot=1", "--env=toy_travel"])
     assert cfg == Cfg(steps=3, lr=0.5, cot=True, env="toy_travel")
     assert parse_args(Cfg(), []) == Cfg()
+    both = parse_args(Cfg(), ["--steps", "3", "--lr=0.5", "--cot", "1", "--env", "toy_travel"])
+    assert both == Cfg(steps=3, lr=0.5, cot=True, env="toy_travel")
+    assert parse_args(Cfg(), ["--lr", "-1e-3"]).lr == -1e-3  # a negative number is a value, not an option
+
+
+def test_help_lists_every_option_with_its_default_and_comment(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(Cfg(), ["--steps", "3", "--help"])
+    assert e.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["--steps", "[10]", "optimizer", "steps"]
+    assert lines[3].split() == ["--cot", "[False]"] and lines[4].split()[:2] == ["--env", "[toy_shop]"]
+    assert len(lines) == 5
+
+
+@dataclass
+class Seeded(Cfg):
+    seed: int = 0
+    run: str = ""
+
+
+def test_run_names_and_labels_list_the_changed_options():
+    cfg = parse_args(Seeded(), ["--lr", "0.5", "--env", "toy_travel", "--cot", "1", "--seed", "2", "--run", "x"])
+    assert run_name("demo", Seeded()) == "demo_s0" and label("Demo", Seeded()) == "Demo"
+    assert run_name("demo", cfg) == "demo_lr0.5_cot1_env-toy_travel_s2"
+    assert label("Demo", cfg) == "Demo (lr 0.5, cot 1, env toy_travel)"  # the seed and the run's name never count
+    assert label("Demo", cfg, ("lr", "cot")) == "Demo (env toy_travel)"
 
 
 @pytest.mark.parametrize("arg, message", [
     ("--stepz=3", "unknown option --stepz; valid: --steps --lr --cot --env"),
     ("--steps=three", "--steps='three' is not a valid int"),
     ("--cot=maybe", "--cot='maybe' is not a valid bool"),
-    ("steps=3", "arguments look like --key=value"),
+    ("steps=3", "options look like --key value or --key=value"),
+    ("--steps", "--steps needs a value"),
 ])
 def test_bad_arguments_fail_loudly(arg, message):
     with pytest.raises(SystemExit, match=message):

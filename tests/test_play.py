@@ -5,7 +5,7 @@ import torch
 
 import tokenizer as tk
 from env import PI_FORMS, TRAIN_SEEDS
-from eval import kl_teacher_student
+from rollout import kl_teacher_student
 from model import GPT, GPTConfig
 from rollout import Episodes, Played, distinct, play, student_view
 

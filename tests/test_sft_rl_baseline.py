@@ -91,7 +91,7 @@ def test_three_steps_of_each_phase_and_resume(tmp_path, monkeypatch, capsys):
     summary = S.main(args)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
     # not pooled with the defaults' rows
-    assert summary["method"] == "SFT w/ CoT + RL (n_expert 16, sft_steps 3, rl_steps 3, sft_lr 0.01)"
+    assert summary["method"] == "SFT w/ CoT + RL (final_n 4, n_expert 16, sft_steps 3, sft_lr 0.01, rl_steps 3, tasks 4)"
     log = [json.loads(line) for line in open(tmp_path / "out" / "smoke" / "log.jsonl")]
     assert [r["phase"] for r in log if "heldout_success" in r] == ["sft", "rl"]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
@@ -107,7 +107,7 @@ def test_three_steps_of_each_phase_and_resume(tmp_path, monkeypatch, capsys):
         S.main(args)
         raise AssertionError("expected an error")
     except SystemExit as e:
-        assert str(e) == ("error: out/smoke already holds a run; --resume=1 continues it, --run=NAME starts another "
+        assert str(e) == ("error: out/smoke already holds a run; --resume 1 continues it, --run NAME starts another "
                           "(or delete the folder)")
     assert files == {f: (tmp_path / "out" / "smoke" / f).read_bytes() for f in files}
 
@@ -127,8 +127,8 @@ def test_sft_lr_follows_the_cosine_to_its_end(tmp_path, monkeypatch):
     base = [f"--init={tmp_path / 'init.pt'}", "--sft_steps=3", "--rl_steps=0", "--n_expert=8", "--final_n=2",
             "--eval_every=3", "--eval_n=2", "--sft_lr=1e-2"]
     for extra, lr, label in ((["--sft_lr_end=0.1"], 0.325e-2,
-                              "SFT w/o CoT (n_expert 8, sft_steps 3, sft_lr_end 0.1, sft_lr 0.01)"),
-                             ([], 1e-2, "SFT w/o CoT (n_expert 8, sft_steps 3, sft_lr 0.01)")):
+                              "SFT w/o CoT (final_n 2, n_expert 8, sft_steps 3, sft_lr 0.01, sft_lr_end 0.1)"),
+                             ([], 1e-2, "SFT w/o CoT (final_n 2, n_expert 8, sft_steps 3, sft_lr 0.01)")):
         summary = S.main(base + extra + [f"--run=lr{len(extra)}"])
         _, ckpt = load_checkpoint(summary["checkpoint"])
         assert abs(ckpt["sft_opt"]["param_groups"][0]["lr"] - lr) < 1e-9
