@@ -46,10 +46,11 @@ def field_help(cls):
 
 
 def usage(config):
-    """The options of `config`'s dataclass, one line each: --name (default) and its comment."""
-    helps = field_help(type(config))
+    """The options of `config`'s dataclass, one line each: --name (default) and its comment; the class's own options
+    first, then those it extends (a training script's knobs before the run options every script shares)."""
+    helps, own = field_help(type(config)), type(config).__dict__.get("__annotations__", {})
     lines = ["options (--key value or --key=value), defaults in brackets:"]
-    for f in dataclasses.fields(config):
+    for f in sorted(dataclasses.fields(config), key=lambda f: f.name not in own):
         lines.append(f"  --{f.name:<14} [{getattr(config, f.name)!s}]  {helps.get(f.name, '')}".rstrip())
     return "\n".join(lines)
 

@@ -76,7 +76,7 @@ def pi_copy(model, seeds, level="L2"):
         swapped, the payment over true and flipped): 1 = copies its PI, whatever it says; a teacher that ignores
         its PI gives the payment ~0.5 (the two lines name opposite payments);
       student_id / student_pay: the student view (no PI line) at the expert's own tokens: what reading alone gives.
-    (A diagnostic of this project: the curriculum base's teacher, sessions 5-10, copied the id and not the payment.)"""
+    (docs/base_model.md: an earlier base's teacher copied the id and not the payment.)"""
     device, rng, env = model.wte.weight.device, random.Random(0), make("toy_shop", level)
     texts, probes = [], []  # probes: (text index, position, token id, which number)
     for seed in seeds:
@@ -122,7 +122,7 @@ def decisions(model, seeds, cot=False, level="L2"):
     a `none` as their whole first clause), `turn` at every token of the turn. -> {family: {"row", "turn", "n"}}.
 
     A model trained with CoT is scored with cot=True, one trained without with cot=False: the same decision, each in
-    its own text. (A diagnostic of this project, for G4's "CoT learns faster at small data": README.)"""
+    its own text. (docs/experiments.md, "Chain-of-thought styles".)"""
     device, env, tasks = model.wte.weight.device, make("toy_shop", level), []
     for seed in seeds:
         env.reset(seed)

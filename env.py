@@ -5,24 +5,24 @@
     obs, reward, done, info = env.step("profile u3")
 
 Each seed builds a small world from its own random.Random: a catalogue of rows with per-episode ids (one token
-each, see tokenizer.py), a user with a gift balance, an order. Three task families (ENV.md §4):
+each, see tokenizer.py), a user with a gift balance, an order. Three task families (docs/env.md):
 
     BUY       i am u3 . buy 1 red mug          the row of the colour in stock -> gift covers the price, else card
     RETURN    i am u5 . return the red item of o2          pending -> cancel the order, delivered -> return that item
     EXCHANGE  i am u8 . swap my shirt in o1 for a white one    the colour, same size, in stock -> settle the difference
 
-The reward (§5) is 1 iff the final world state equals the one the expert's writes produce and the final `say`
+The reward is 1 iff the final world state equals the one the expert's writes produce and the final `say`
 carries the required output. Tool errors and unparsable turns come back as observations, never exceptions.
 
-The expert (§6) has two faces that must agree on every seed: `solve(world)` plans from the hidden state, and
+The expert has two faces that must agree on every seed: `solve(world)` plans from the hidden state, and
 `expert_act(transcript)` reads only the rendered transcript (which proves the task is observable). Its chain of
 thought, written only before the decisive write, drafts that write and checks its row, the arithmetic and the
-thresholds (style "draft"), or spells out each candidate first (style "list", ENV.md §6's).
+thresholds (style "draft"), or spells out each candidate first (style "list").
 
-Deviation from ENV.md, by measurement (README, "Why L2 is a lookup"): SFT without CoT did not learn the arg-min
-design, so at L2 exactly one row passes the filter, qty is 1, RETURN names the item by colour and an exchange is
+L2 is a lookup, by measurement (docs/experiments.md, "The L2 lookup"): SFT without CoT did not learn an arg-min
+task, so at L2 exactly one row passes the filter, qty is 1, RETURN names the item by colour and an exchange is
 settled with the order's own payment. L3 keeps the arg-min, qty up to 3 and a budget with `none` answers (no `ask`
-slot or fee rule). L2 has no budget: one drawn near the total leaks the payment (ENV.md §11).
+slot or fee rule). L2 has no budget: one drawn near the total leaks the payment (docs/env.md).
 """
 
 import random
@@ -101,7 +101,7 @@ class World:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# worlds, built by construction so that shallow heuristics stay weak (ENV.md §4: the answer's row position is
+# worlds, built by construction so that shallow heuristics stay weak (docs/env.md: the answer's row position is
 # uniform, the cheapest row of the colour is often out of stock or the wrong size, the cheapest overall the wrong
 # colour). Every draw comes from the seed's own random.Random.
 
@@ -233,11 +233,11 @@ def expert_act(transcript, cot=False, style="draft"):
     With `cot`, the decisive write is preceded by `<|think|> … <|/think|>`, in one of two styles:
       draft  the write drafted first, then its row as the tool line writes it, the arithmetic in digits and the
              payment test: `buy j5 . j5 red 58 st2 ok . total 58 . gift 37 < 58 card` (the default)
-      list   ENV.md §6's: every candidate ok/no, the best row, the arithmetic and the payment test:
+      list   every candidate ok/no, the best row, the arithmetic and the payment test:
              `red qty 1 : k2 70 st0 no . j5 58 st2 ok . best j5 58 . total 58 . gift 37 < 58 card`
-    Deviation from ENV.md, by measurement (README, "Other chains of thought"): SFT on the list style learns the
-    row worse than SFT without CoT (it copies each candidate's fields and picks from its own copy); the draft
-    style picks the row where SFT without CoT does, then checks it."""
+    The draft is the default by measurement (docs/experiments.md, "Chain-of-thought styles"): SFT on the list style
+    learns the row worse than SFT without CoT (it copies each candidate's fields and picks from its own copy); the
+    draft style picks the row where SFT without CoT does, then checks it."""
     if style not in COT_STYLES:
         raise ValueError(f"unknown CoT style {style!r}; valid: {', '.join(COT_STYLES)}")
     draft = style == "draft"
@@ -319,7 +319,7 @@ def _with_think(think, action, cot):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# PI forms: one line in the system segment of the teacher's context (ENV.md §6)
+# PI forms: one line in the system segment of the teacher's context (docs/env.md)
 
 
 HINTS = {"BUY": "cheapest {color} with stock {qty} ; gift covers total or card",

@@ -71,7 +71,7 @@ def evaluate(model, seeds, pi=None, level="L2", temperature=0.0, seed=0, batch=1
 
 
 def scripted_success(seeds, level, agent):
-    """Success of a scripted agent: 'expert' (ENV.md §6) or 'random' (the canonical tools, random arguments)."""
+    """Success of a scripted agent: 'expert' (env.expert_act) or 'random' (the canonical tools, random arguments)."""
     env, rng, wins = make("toy_shop", level), random.Random(0), 0.0
     for seed in seeds:
         env.reset(seed)

@@ -15,7 +15,8 @@ CLIP = 0.2  # the ratio clip range [1 - CLIP, 1 + CLIP] of every RL term (the pa
 
 
 def group_advantages(rewards):
-    """A_k = R_k − mean_group(R) for rewards (G, K): -> (G, K). No std normalisation (Dr. GRPO; Algorithm 1, step 3)."""
+    """A_k = R_k − mean_group(R) for rewards (G, K): -> (G, K). No std normalisation (Dr. GRPO; Algorithm 1,
+    step 3)."""
     return rewards - rewards.mean(dim=1, keepdim=True)
 
 

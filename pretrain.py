@@ -1,4 +1,4 @@
-"""The base model: a from-scratch GPT pretrained like an LLM, by next-token prediction (ENV.md §7).
+"""The base model: a from-scratch GPT pretrained like an LLM, by next-token prediction (docs/base_model.md).
 
     python pretrain.py                     # the shipped base by BASE_RECIPE (two runs, ~2 h on a 2-core CPU)
     python pretrain.py --steps=2000 --skill_steps=1000 --out=out/try.pt    # a shorter run, e.g. to try a knob
@@ -21,15 +21,15 @@ learned that a PI line predicts the actions that follow — but nothing about wh
 A curriculum comes first: `skill_steps` batches of lookup documents alone (a price or a stock by id; half of the
 questions the ids of a colour). In the mixed corpus the lookup by colour — the decisive step of every task — never
 formed, not with up to 2.8x the training on a GPU either; alone it sits at chance for ~1,500 steps and then forms
-at once (README: the base model). With no episodes in it, though, the copy of the PI line's payment never formed
+at once (docs/base_model.md). With no episodes in it, though, the copy of the PI line's payment never formed
 afterwards; the shipped base (BASE_RECIPE) keeps 30% weak-agent episodes, with their PI lines, inside the
 curriculum (`curriculum_episodes`), and both skills formed together.
 
 The loss is on agent tokens (and on skill answers, and on the amounts in a write's `ok …` reply, which are
-predictable from the rows): the random parts of tool replies (fresh ids, prices) would only add noise (ENV.md §11).
-Knobs (the defaults were set by measuring the calibration table in the README): rho and pi_frac set how strongly the
-teacher follows its PI; skill_steps and skill_frac how well the base reads; the weak-agent mix sets the student's
-own success.
+predictable from the rows): the random parts of tool replies (fresh ids, prices) would only add noise (docs/env.md).
+Knobs (the defaults were set by measuring the calibration table in docs/base_model.md): rho and pi_frac set how
+strongly the teacher follows its PI; skill_steps and skill_frac how well the base reads; the weak-agent mix sets the
+student's own success.
 """
 
 import itertools
@@ -192,8 +192,9 @@ def lr_at(step, total, cfg):
 
 
 def calibration(model, cfg, n=None, seed=0):
-    """Success of the student view and of the teacher with `full` / `key` PI on training seeds (ENV.md §7), and how
-    far the teacher copies its PI line's row id and payment (eval.pi_copy: copy_pay 0.5 = ignores the payment)."""
+    """Success of the student view and of the teacher with `full` / `key` PI on training seeds (docs/base_model.md),
+    and how far the teacher copies its PI line's row id and payment (diagnostics.pi_copy: copy_pay 0.5 = ignores
+    the payment)."""
     seeds = list(TRAIN_SEEDS[: n or cfg.eval_episodes])
     out = {view or "student": evaluate(model, seeds, pi=view, level=cfg.level, temperature=TEMPERATURE,
                                        seed=seed)["success"] for view in (None, "full", "key")}
@@ -280,7 +281,8 @@ def cli(argv):
     option, one run with those options."""
     cfg = parse_args(PretrainConfig(), argv)
     if not changed(cfg, ("env", "workers")):
-        extra = [f"--{k}={getattr(cfg, k)}" for k in ("device", "workers") if getattr(cfg, k) != getattr(PretrainConfig, k)]
+        extra = [f"--{k}={getattr(cfg, k)}" for k in ("device", "workers")
+                 if getattr(cfg, k) != getattr(PretrainConfig, k)]
         return make_base(cfg.env, extra=extra)
     return main(argv)
 

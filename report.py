@@ -83,7 +83,7 @@ def results_table(rows, methods, n=500):
     for method in methods:
         runs = rows.get(method)
         if not runs:
-            lines.append(f"| {method} | not run yet | 0 | | |")
+            lines.append(f"| {method} | not in results/ | 0 | | |")
             continue
         teacher = [r["teacher_pi_success"] for r in runs if "teacher_pi_success" in r]
         minutes = [r["wall_clock_s"] / 60 for r in runs if "wall_clock_s" in r]

@@ -1,16 +1,17 @@
 """The bookkeeping of one training run, shared by sft_rl_baseline.py, pi_distill.py and opsd.py.
 
-RunConfig holds the options every training script has (where a run starts, where it is written, how it is
-evaluated); each script's Config extends it with its algorithm's knobs. A run lives in out/<run>/: config.json (the resolved options), log.jsonl (one JSON object per logged step, the same
-keys as the printed line), ckpt.pt (model, optimizer, phase, step and RNG states, written atomically). --resume
-continues from ckpt.pt; a finished run resumed only reports again. Without --resume a folder that already holds a
-run (a log or a checkpoint) is refused, so a second run never mixes its log into the first's or overwrites its
-checkpoint. Nothing here is algorithm-specific.
+RunConfig holds the options every training script has (where a run starts, where it is written, how it is evaluated);
+each script's Config extends it with its algorithm's knobs. A run lives in out/<run>/: config.json (the resolved
+options), log.jsonl (one JSON object per logged step, the same keys as the printed line), ckpt.pt (model, optimizer,
+phase, step and RNG states, written atomically). --resume continues from ckpt.pt; a finished run resumed only reports
+again. Without --resume a folder that already holds a run (a log or a checkpoint) is refused, so a second run never
+mixes its log into the first's or overwrites its checkpoint. Nothing here is algorithm-specific.
 """
 
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -102,18 +103,34 @@ class Run:
 
     def finish(self, method, **numbers):
         """The last printed line: one JSON object with the run's result, wall-clock and checkpoint path; also saved
-        as out/<run>/summary.json, with the row of the results table it belongs to (`method`) and the config."""
+        as out/<run>/summary.json, with the row of the results table it belongs to (`method`), the config, the
+        commit the code was at and the torch threads it ran on (what a reader needs to rerun it)."""
         summary = {"run": os.path.basename(self.dir), "method": method, **numbers,
                    "wall_clock_s": round(time.time() - self.t_start, 1), "checkpoint": self.ckpt_path}
         with open(os.path.join(self.dir, "summary.json"), "w") as f:
-            json.dump({**summary, "config": asdict(self.cfg)}, f, indent=1)
+            json.dump({**summary, "config": asdict(self.cfg), "commit": _commit(),
+                       "threads": torch.get_num_threads(), "device": str(self.device)}, f, indent=1)
         print(json.dumps(summary))
         return summary
 
 
+def _commit():
+    """The git commit of the code (with `+` if the tree has changes), or "" outside a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+" if head and dirty else "")
+
+
 def pi_tasks(cfg):
     """The training tasks of pi_distill.py and opsd.py: (pool, the set of those that have PI). PI exists for the
-    first pi_coverage * n_tasks of the first n_tasks training seeds (the expert's budget). Bad options end the script."""
+    first pi_coverage * n_tasks of the first n_tasks training seeds (the expert's budget). Bad options end the
+    script."""
     if cfg.pi not in PI_FORMS:
         raise SystemExit(f"error: unknown PI form {cfg.pi!r}; valid: {', '.join(PI_FORMS)}")
     if not 0 <= cfg.pi_coverage <= 1:

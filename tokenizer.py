@@ -3,13 +3,13 @@
     python tokenizer.py        # retrain the BPE and rewrite tokenizer.ranks (seconds); the file is shipped
 
 No vocabulary can be downloaded, and a 50k vocabulary would make the output layer the cost of a tiny CPU model,
-so we train ~640 tokens on transcripts of every level, family, PI form, with and without CoT (ENV.md §10):
+so we train ~640 tokens on transcripts of every level, family, PI form, with and without CoT (docs/env.md):
 
-- every row id (`k4`) is **one token** (ENV.md §11: a prototype never learned to copy two-token ids), so the ids
+- every row id (`k4`) is **one token** (a prototype never learned to copy two-token ids; docs/env.md), so the ids
   are put in the ranks whole and the split pattern keeps them whole;
 - every digit of a number is its own token, so arithmetic in the chain of thought is digit by digit;
 - a turn ends with "\n", its own token: the sampler's end-of-turn token;
-- the special tokens of the protocol (ENV.md §2) sit after the ranks.
+- the special tokens of the protocol (docs/env.md) sit after the ranks.
 """
 
 import base64

@@ -1,4 +1,4 @@
-"""toy_shop: the gates of ENV.md §8 that need no model (G1, G2, G3, G6, G7), tool errors, and the reward."""
+"""toy_shop: the gates of docs/env.md that need no model (G1, G2, G3, G6, G7), tool errors, and the reward."""
 
 import random
 
@@ -149,7 +149,7 @@ def test_wrong_write_scores_zero_with_its_breakdown():
 
 
 def test_failed_write_then_none_does_not_score():
-    """ENV.md §3: `say none` pays only when nothing satisfies the request and no write was attempted."""
+    """docs/env.md, the reward: `say none` pays only when nothing satisfies the request and no write was attempted."""
     env = make("toy_shop", "L3")
     seed = next(s for s in range(3000) if solve(build_world(s, "L3"))[-1] == "say none")
     env.reset(seed)

@@ -185,3 +185,20 @@ def test_folded_kl_smoke_and_bad_options(tmp_path, monkeypatch, capsys):
                           (["--token_norm=kept"], "unknown option --token_norm")):
         with pytest.raises(SystemExit, match=re.escape(message)):
             D.main(argv)
+
+
+def test_same_seed_same_log(tmp_path, monkeypatch):
+    """Two runs with the same seed (and thread count) log the same numbers round for round; another seed does not."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    save_checkpoint(str(tmp_path / "init.pt"),
+                    GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16)))
+
+    def log(run, seed):
+        D.main(["--init", str(tmp_path / "init.pt"), "--steps", "3", "--tasks", "4", "--n_tasks", "8", "--eval_every",
+                "3", "--eval_n", "2", "--final_n", "2", "--lr", "1e-2", "--seed", str(seed), "--run", run])
+        rows = [json.loads(line) for line in open(tmp_path / "out" / run / "log.jsonl")]
+        return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tok_s")} for r in rows]
+
+    first = log("a", 0)
+    assert log("b", 0) == first and log("c", 1) != first

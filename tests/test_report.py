@@ -28,7 +28,7 @@ def test_results_table_from_summaries(tmp_path):
     assert "| base | 5.0 | - |  |  |" in table and "| expert | 100.0 | - |  |  |" in table
     assert "| RL | 30.0 ± 14.1 | 2: 20.0 / 40.0 |  |  |" in table
     assert "| π-Distill α=0.5 | 70.0 | 1: 70.0 | 90.0 | 5.0 |" in table
-    assert "| OPSD | not run yet | 0 | | |" in table and table[-1] == "| my ablation | 10.0 | 1: 10.0 |  |  |"
+    assert "| OPSD | not in results/ | 0 | | |" in table and table[-1] == "| my ablation | 10.0 | 1: 10.0 |  |  |"
 
 
 def test_learning_curves_and_collect(tmp_path):
