@@ -64,7 +64,10 @@ def parse_args(config, argv=None):
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
-            print(usage(config))
+            try:
+                print(usage(config))
+            except BrokenPipeError:  # `--help | head`
+                pass
             raise SystemExit(0)
         if not arg.startswith("--") or arg == "--":
             raise SystemExit(f"error: options look like --key value or --key=value, got {arg!r} (--help lists them)")

@@ -13,7 +13,8 @@ import random
 
 import torch
 
-from env import build_world, expert_act, make, render, solve
+from env import expert_act, make, render, solve
+from worlds import build_world
 from model import IGNORE_INDEX
 from skills import SKILLS, skill_doc, skill_question, skill_table
 from tokenizer import encode

@@ -56,26 +56,26 @@ from run import BASE_PATH
 from skills import LOOKUPS, skill_pieces
 from transcripts import collate, encode_pieces, transcript_pieces
 
-# The shipped base (docs/base_model.md): two runs back to back. The first, with
-# weak-agent episodes inside the lookup curriculum, is cut at step 1,500 of a 10,000-step schedule; the second starts
-# again from its weights with a fresh optimizer, warm-up and corpus draws, along a 7,500-step cosine whose first
-# 3,000 steps finish the curriculum (~2 hours on a 2-core CPU in all). Only so did both skills form in one model: the
-# colour lookup (99.5%) and the copy of the PI line's payment (0.91). Whether the restart matters was not measured.
+# The shipped base (docs/base_model.md): two runs back to back. The first, with weak-agent episodes inside the lookup
+# curriculum, is cut at step 1,500 of a 10,000-step schedule; the second starts again from its weights with a fresh
+# optimizer, warm-up and corpus draws, along a 7,500-step cosine whose first 3,000 steps finish the curriculum (~2
+# hours on a 2-core CPU in all). It forms both skills in one model: the colour lookup (99.5%) and the copy of the PI
+# line's payment (0.91); docs/experiments.md, "A base that copies its PI's payment".
 BASE_RECIPE = ("--curriculum_episodes=0.3 --eval_every=500 --stop_at=1500",
                "--curriculum_episodes=0.3 --steps=7500 --skill_steps=3000 --warmup=50 --eval_every=500 --seed=1")
 
 
 @dataclass
 class PretrainConfig:
-    env: str = "toy_shop"
-    level: str = "L2"
-    model: str = "tiny"  # tiny | small
-    steps: int = 10000  # optimizer steps (the curriculum base: 10,000, 60 min on a 2-core CPU); 0: `minutes`
+    env: str = "toy_shop"  # the environment whose episodes make the corpus
+    level: str = "L2"  # the level of the weak-agent episodes and the calibration
+    model: str = "tiny"  # tiny (0.87M parameters) | small (4.9M)
+    steps: int = 10000  # optimizer steps (10,000 take about 60 min on a 2-core CPU); 0: `minutes`
     minutes: float = 50.0  # with --steps=0, the wall-clock budget; the step count is estimated from the first steps
     batch_size: int = 64  # sequences per step (episodes or skill documents)
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-    warmup: int = 200
+    lr: float = 2e-3  # peak learning rate; cosine to 10% of it
+    weight_decay: float = 0.1  # AdamW weight decay on the matrices
+    warmup: int = 200  # steps of linear warm-up
     rho: float = 0.8  # P(the hindsight PI line comes from the episode's own actions)
     pi_frac: float = 0.5  # share of episodes with a PI line
     skill_frac: float = 0.3  # share of skill documents in the corpus
@@ -84,12 +84,12 @@ class PretrainConfig:
     curriculum_episodes: float = 0.0  # share of weak-agent episodes mixed into the curriculum (BASE_RECIPE: 0.3)
     stop_at: int = 0  # end at this step, on the schedule of `steps` (0: at `steps`); BASE_RECIPE's first run
     eval_every: int = 1000  # steps between calibration checks (student / teacher success on training seeds)
-    eval_episodes: int = 128
+    eval_episodes: int = 128  # training seeds per calibration check
     out: str = ""  # checkpoint path; default base/<env>.pt
     init: str = ""  # continue from this checkpoint (its size; --model is ignored) instead of from scratch; needs --out
     workers: int = 0  # processes writing the corpus beside the training loop (0: in the loop; same batches)
-    device: str = "auto"
-    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 0  # seeds the corpus draws and the initialisation
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,9 +150,9 @@ def episode_pieces(env, seed, cfg, rng):
 def get_batch(cfg, rng, env, device="cpu", step=None):
     """x, y (B, T) for next-token prediction; y = -1 where a token carries no loss, and on padding. Batches before
     step `cfg.skill_steps` are lookup documents alone (the curriculum), or with `curriculum_episodes` > 0 that share
-    of weak-agent episodes among them (their PI lines from the first step: where the first base learned to copy)."""
+    of weak-agent episodes among them (with their PI lines, so the PI copy forms beside the lookup)."""
     curriculum = step is not None and step < cfg.skill_steps
-    if curriculum and cfg.curriculum_episodes == 0:  # the curriculum base's curriculum, batch for batch
+    if curriculum and cfg.curriculum_episodes == 0:  # lookup documents alone
         return collate([encode_pieces(skill_pieces(rng, LOOKUPS, cfg.sized)) for _ in range(cfg.batch_size)], device)
     seqs = []
     for _ in range(cfg.batch_size):

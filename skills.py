@@ -2,7 +2,8 @@
 a sum). The pretraining corpus is partly made of them (an LLM's general reading and arithmetic), its curriculum
 starts with the lookups alone, and diagnostics.reading asks them of a model."""
 
-from env import COLORS, PRETRAIN_SEED0, build_world
+from env import PRETRAIN_SEED0
+from worlds import COLORS, build_world
 
 
 SKILLS = ["price", "stock", "colour", "minmax", "calc", "sized"]  # the skill questions (sized: colour and size)

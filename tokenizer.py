@@ -20,7 +20,8 @@ import os
 import regex
 import tiktoken
 
-from env import ITEM_IDS, LEVELS, PI_FORMS, expert_act, make, render
+from env import PI_FORMS, expert_act, make, render
+from worlds import ITEM_IDS, LEVELS
 
 RANKS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizer.ranks")
 SPECIALS = ["<|sys|>", "<|pi|>", "<|/pi|>", "<|user|>", "<|agent|>", "<|tool|>", "<|think|>", "<|/think|>",

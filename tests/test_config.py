@@ -1,6 +1,7 @@
 """`--key value` / `--key=value` parsing: overrides by type, --help from the fields' comments, loud failures for unknown
 keys, missing values and wrong types; run names and table labels from the options changed."""
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -59,3 +60,23 @@ def test_run_names_and_labels_list_the_changed_options():
 def test_bad_arguments_fail_loudly(arg, message):
     with pytest.raises(SystemExit, match=message):
         parse_args(Cfg(), [arg])
+
+
+def test_every_script_documents_every_option_and_takes_the_cards_command():
+    """Each script's --help has a one-line meaning for every option; `python pi_distill.py --env toy_shop` parses."""
+    import bench
+    import eval as E
+    import opsd
+    import pi_distill
+    import pretrain
+    import report
+    import sft_rl_baseline
+    from config import field_help
+
+    for cfg in (pi_distill.Config(), opsd.Config(), sft_rl_baseline.Config(), E.EvalConfig(), pretrain.PretrainConfig(),
+                bench.BenchConfig(), report.ReportConfig()):
+        helps = field_help(type(cfg))
+        missing = [f.name for f in dataclasses.fields(cfg) if not helps.get(f.name)]
+        assert not missing, f"{type(cfg).__module__}: {missing}"
+    assert parse_args(pi_distill.Config(), ["--env", "toy_shop"]) == pi_distill.Config()
+    assert parse_args(pi_distill.Config(), ["--alpha", "1", "--pi=tools"]) == pi_distill.Config(alpha=1.0, pi="tools")

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from env import (LEVELS, PI_FORMS, PRETRAIN_SEED0, TEST_SEEDS, TRAIN_SEEDS, build_world, expert_act, make, render,
-                 solve, state, strip_pi)
+from env import PI_FORMS, PRETRAIN_SEED0, TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render, solve, state, strip_pi
+from worlds import LEVELS, build_world
 
 
 def run_expert(env, seed, cot, style="draft"):

@@ -11,7 +11,8 @@ import torch
 import pretrain as P
 import skills
 import tokenizer as tk
-from env import COLORS, PRETRAIN_SEED0, make
+from env import PRETRAIN_SEED0, make
+from worlds import COLORS
 from model import IGNORE_INDEX, load_checkpoint
 
 

@@ -1,7 +1,8 @@
 """The tokenizer: round trips, one token per row id, digits split, newline alone, the shipped ranks reproducible."""
 
 import tokenizer as tk
-from env import ITEM_IDS, LEVELS, PI_FORMS, expert_act, make, render
+from env import PI_FORMS, expert_act, make, render
+from worlds import ITEM_IDS, LEVELS
 
 
 def transcripts():
