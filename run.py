@@ -37,7 +37,7 @@ def base_checkpoint(env):
 @dataclass
 class RunConfig:
     env: str = "toy_shop"  # the environment
-    level: str = "L2"  # the task level (env.LEVELS: L1 | L2 | L3)
+    level: str = "L2"  # the task level (worlds.LEVELS: L1 | L2 | L3)
     init: str = ""  # starting checkpoint; default: the env's base model, base/<env>.pt
     eval_every: int = 50  # rounds (or SFT steps) between held-out evaluations
     eval_n: int = 200  # held-out tasks per periodic evaluation

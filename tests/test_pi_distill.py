@@ -202,3 +202,15 @@ def test_same_seed_same_log(tmp_path, monkeypatch):
 
     first = log("a", 0)
     assert log("b", 0) == first and log("c", 1) != first
+
+
+def test_a_missing_base_model_is_a_one_line_error(tmp_path, monkeypatch):
+    """No silent two-hour pretraining: the error names the command that builds the base and how long it takes."""
+    import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run, "BASE_PATH", str(tmp_path / "base" / "{env}.pt"))
+    with pytest.raises(SystemExit, match=r"no base model at .*toy_shop\.pt; build it with `python pretrain.py "
+                                         r"--env toy_shop` \(two runs, about 2 hours"):
+        D.main(["--env", "toy_shop"])
+    assert not (tmp_path / "out").exists()  # nothing started
