@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from grpo import clipped_surrogate, entropy, group_advantages, informative_groups
+from grpo import centred_advantages, clipped_surrogate, entropy, group_advantages, informative_groups
 
 
 def test_group_advantages_hand_worked():
@@ -13,6 +13,14 @@ def test_group_advantages_hand_worked():
     expected = torch.tensor([[0.75, -0.25, -0.25, -0.25], [0, 0, 0, 0], [0, 0, 0, 0], [0.4, -0.7, -0.2, 0.5]])
     assert torch.allclose(adv, expected, atol=1e-6)  # no division by the std: [0.75, -0.25, ...] not [1.5, -0.5, ...]
     assert informative_groups(adv).tolist() == [True, False, False, True]
+
+
+def test_centred_advantages_in_the_flat_episode_order():
+    """Hand-worked: one group where all four succeeded (dropped), one where one of four did."""
+    rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    adv, keep = centred_advantages(rewards, 4)
+    assert adv.tolist() == [0.0, 0.0, 0.0, 0.0, 0.75, -0.25, -0.25, -0.25]
+    assert keep.tolist() == [False] * 4 + [True] * 4
 
 
 def brute_force_surrogate(logp_new, logp_old, adv, mask, clip):
