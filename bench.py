@@ -4,6 +4,7 @@
                                      # the slow part: it re-encodes the whole sequence at every step)
     python bench.py --plain=0        # skip the plain generator
     python bench.py --quick=1        # toy sizes, seconds: the test suite runs this so the script cannot rot
+    python bench.py --presets= --plain=0     # the π-Distill round alone (~1 minute)
 
 What is measured, in one run so that every fraction is of the same machine's peak:
 - matmul_gflops: fp32 square matmuls of size matmul_n, the best of a few repeats.
@@ -12,18 +13,29 @@ What is measured, in one run so that every fraction is of the same machine's pea
   attention 6·n_layer·n_embd·T (QKᵀ and AV, forward and backward, half of the T x T square).
 - sample: the KV-cache sampler (rollout.generate) and the plain generator, sample_batch rows of sample_len tokens
   after a prompt_len prompt, temperature 1; sampled tokens/s and the speedup of the cache.
+- round: `rounds` default π-Distill rounds (pi_distill.distill_round) from the shipped base, and one periodic
+  evaluation; seconds per round and the share of each part — sampling the teacher's episodes (env stepping apart),
+  the KL scoring, the loss's forward passes, backward and optimizer, the rest — and the default run's estimated
+  wall-clock (its rounds, its periodic evaluations and the final one). Every later speed change is measured on it.
 The last printed line is one JSON object with every number.
 """
 
+import collections
 import json
+import random
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+import env
+import eval as E
+import pi_distill
+import tokenizer as tk
 from config import parse_args
-from model import GPT, GPTConfig
-from rollout import generate, generate_plain
+from model import GPT, GPTConfig, load_checkpoint
+from rollout import TEMPERATURE, generate, generate_plain
+from run import base_checkpoint
 
 
 @dataclass
@@ -38,6 +50,7 @@ class BenchConfig:
     sample_len: int = 256  # total sequence length of each sampled row
     prompt_len: int = 8  # forced prompt tokens before sampling starts
     plain: bool = True  # also time the plain (no-cache) generator
+    rounds: int = 10  # default π-Distill rounds timed from the shipped base (0: skip)
     quick: bool = False  # toy sizes, for the test suite
     seed: int = 0  # seeds the random weights and tokens
 
@@ -90,16 +103,80 @@ def sample_throughput(model, cfg, sampler):
     return episodes.mask.sum().item() / (time.perf_counter() - t0)
 
 
+class Stopwatch:
+    """Seconds spent inside wrapped functions, by name; `wrap` replaces owner.attr by a timed call of it."""
+
+    def __init__(self):
+        self.seconds, self.undo = collections.defaultdict(float), []
+
+    def wrap(self, owner, attr, name):
+        fn = getattr(owner, attr)
+
+        def timed_call(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - t0
+
+        self.undo.append((owner, attr, fn))
+        setattr(owner, attr, timed_call)
+
+    def restore(self):
+        for owner, attr, fn in reversed(self.undo):
+            setattr(owner, attr, fn)
+
+
+def round_profile(model, cfg):
+    """Seconds per default π-Distill round and the share of each part, from `cfg.rounds` rounds; one periodic
+    evaluation (eval_n greedy held-out tasks + eval_n sampled teacher tasks); the default run's estimated minutes."""
+    pcfg = pi_distill.Config(tasks=2, k=2, eval_n=4, final_n=4, steps=10) if cfg.quick else pi_distill.Config()
+    pool = list(env.TRAIN_SEEDS[: pcfg.n_tasks])
+    opt = torch.optim.AdamW(model.parameters(), lr=pcfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    clock, rng = Stopwatch(), random.Random(cfg.seed)
+    parts = [(pi_distill, "play", "sample"), (env.ToyShop, "step", "env"), (pi_distill, "kl_teacher_student", "kl"),
+             (pi_distill, "distill_loss", "forward"), (pi_distill, "update", "backward")]
+    for owner, attr, name in parts:
+        clock.wrap(owner, attr, name)
+    try:
+        t0 = time.perf_counter()
+        for step in range(cfg.rounds):
+            g = torch.Generator().manual_seed(step)
+            pi_distill.distill_round(model, opt, pcfg, rng.sample(pool, pcfg.tasks), lambda s: True, pcfg.alpha, g)
+        total = time.perf_counter() - t0
+    finally:
+        clock.restore()
+    s = clock.seconds
+    shares = {"sample": s["sample"] - s["env"], "env": s["env"], "kl": s["kl"], "forward": s["forward"],
+              "backward": s["backward"]}
+    shares["other"] = total - sum(shares.values())
+    model.eval()
+    t0 = time.perf_counter()
+    E.evaluate(model, list(env.TEST_SEEDS[: pcfg.eval_n]), level=pcfg.level)
+    E.evaluate(model, list(env.TRAIN_SEEDS[: pcfg.eval_n]), pi=pcfg.pi, level=pcfg.level, temperature=TEMPERATURE)
+    eval_s = time.perf_counter() - t0
+    round_s = total / cfg.rounds
+    run_s = pcfg.steps * round_s + (pcfg.steps // pcfg.eval_every + pcfg.final_n / pcfg.eval_n) * eval_s
+    out = {"round_s": round(round_s, 3), "rounds_per_s": round(1 / round_s, 3), "eval_s": round(eval_s, 2),
+           "default_run_min": round(run_s / 60, 1),
+           **{f"round_share_{k}": round(v / total, 3) for k, v in shares.items()},
+           "eval_share_of_run": round(1 - pcfg.steps * round_s / run_s, 3)}
+    print(f"π-Distill round ({cfg.rounds} rounds): {round_s:.2f} s | " + " | ".join(
+        f"{k} {100 * v / total:.0f}%" for k, v in shares.items()) + f" | one periodic evaluation {eval_s:.1f} s | the "
+        f"default run ≈ {out['default_run_min']} min, {100 * out['eval_share_of_run']:.0f}% of it evaluation")
+    return out
+
+
 def main(argv=None):
     cfg = parse_args(BenchConfig(), argv)
     if cfg.quick:
         cfg.matmul_n, cfg.train_batch, cfg.seq_len, cfg.train_steps = 256, 2, 32, 1
-        cfg.sample_batch, cfg.sample_len = 4, 24
+        cfg.sample_batch, cfg.sample_len, cfg.rounds = 4, 24, min(cfg.rounds, 2)
     torch.manual_seed(cfg.seed)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads | " + " ".join(f"{k}={v}" for k, v in asdict(cfg).items()))
     result = {"threads": torch.get_num_threads(), "matmul_gflops": round(matmul_gflops(cfg.matmul_n), 1)}
     print(f"matmul peak (fp32, n={cfg.matmul_n}): {result['matmul_gflops']:.1f} GFLOP/s")
-    for preset in cfg.presets.split(","):
+    for preset in [p for p in cfg.presets.split(",") if p]:
         overrides = dict(vocab_size=cfg.vocab_size, block_size=max(cfg.seq_len, cfg.sample_len))
         if cfg.quick:
             overrides.update(n_layer=2, n_head=2, n_embd=32)
@@ -118,6 +195,13 @@ def main(argv=None):
             result[f"kv_speedup_{preset}"] = round(result[f"sample_tok_s_{preset}"] / result[f"plain_tok_s_{preset}"], 1)
             line += f", plain {result[f'plain_tok_s_{preset}']:,} tok/s, speedup {result[f'kv_speedup_{preset}']}x"
         print(line)
+    if cfg.rounds:
+        if cfg.quick:
+            model = GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2,
+                                  n_embd=16))
+        else:
+            model = load_checkpoint(base_checkpoint("toy_shop"))[0]
+        result.update(round_profile(model, cfg))
     print(json.dumps(result))
     return result
 
