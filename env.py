@@ -348,7 +348,7 @@ class ToyShop:
         return f"ok pay {diff}" if diff > 0 else f"ok refund {-diff}"
 
     def _reward(self):
-        """r = 1 iff the world equals the expert's replay and the `say` carries the required output (§5)."""
+        """r = 1 iff the world equals the expert's replay and the `say` carries the required output (docs/env.md)."""
         replay = ToyShop(self.level)
         replay.reset(self.seed)
         for action in replay.plan[:-1]:

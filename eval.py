@@ -4,7 +4,7 @@
     python eval.py --ckpt out/run/ckpt.pt --pi all   # + per PI form on training seeds: teacher success, Δ, KL
     python eval.py --pi all --json 1                 # last line: one JSON object with every number
 
-What it prints (the paper's §6-7 statistics, and this project's diagnostics):
+What it prints (the paper's premise statistics, and this project's diagnostics):
 - the student view (no PI) on held-out seeds, greedy and sampled at the algorithms' temperature, with its protocol
   error rate — every score this project reports is this one — and where its BUY episodes' row lands;
 - with --pi: on training seeds, the teacher view's success per PI form, the PI utility Δ = teacher − student, and the

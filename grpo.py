@@ -1,6 +1,6 @@
 """The GRPO pieces every RL script shares (sft_rl_baseline.py, pi_distill.py, opsd.py): small pure tensor functions.
 
-As in the paper's setup (§4): group-centred advantages **without** the division by the std, groups whose advantages
+As in the paper's setup: group-centred advantages **without** the division by the std, groups whose advantages
 are all zero dropped, a token-level clipped ratio in [1 − CLIP, 1 + CLIP], several gradient steps per sampling round,
 and no KL to the base model. Every script normalises its clipped term by the round's agent tokens, dropped groups
 included (docs/experiments.md, "Token normalisation"), so every RL row of the results table takes the same step.

@@ -1,4 +1,4 @@
-"""On-Policy Self-Distillation (the paper's §3, Eq. 5): the student samples, GRPO rewards it, and a reverse KL pulls
+"""On-Policy Self-Distillation (the paper's Eq. 5, Algorithm 2): the student samples, GRPO rewards it, and a reverse KL pulls
 it toward what the same weights would do with the PI in view.
 
     python opsd.py --env toy_shop                   # the default run, from the shipped base model

@@ -1,4 +1,4 @@
-"""π-Distill (the paper's §2: Eq. 2-4, Algorithm 1): one network, a teacher view that sees the PI and a student view
+"""π-Distill (the paper's Eq. 2-4, Algorithm 1): one network, a teacher view that sees the PI and a student view
 that does not, trained jointly on the teacher's samples. The project's main command.
 
     python pi_distill.py --env toy_shop               # the default run, from the shipped base model

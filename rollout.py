@@ -234,8 +234,9 @@ def student_view(played, pi):
     """The teacher's episodes with the PI line cut out: an Episodes of the same width, padded at the end.
 
     The PI line is a contiguous block right after the system line, so deleting it leaves exactly the student's
-    context followed by the same agent and env tokens: both views score the same outputs (the paper's §2). The
-    log-probs move with their tokens, so logp still holds the teacher's sampling log-probs (π^T_old)."""
+    context followed by the same agent and env tokens: both views score the same outputs, as the paper's two
+    policies do. The log-probs move with their tokens, so logp still holds the teacher's sampling log-probs
+    (π^T_old)."""
     ep, start = played.episodes, len(tk.encode(SYS_LINE))
     ids, mask, logp = torch.full_like(ep.ids, tk.special("<|pad|>")), torch.zeros_like(ep.mask), torch.zeros_like(ep.logp)
     lengths = ep.lengths.clone()

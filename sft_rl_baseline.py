@@ -1,5 +1,5 @@
 """SFT on the expert's transcripts (with or without its chain of thought), then GRPO on the student view: the
-paper's baselines (§4).
+paper's baselines.
 
     python sft_rl_baseline.py --cot 1                  # SFT w/ CoT + RL: the industry-standard baseline
     python sft_rl_baseline.py --cot 0 --rl_steps 0     # SFT w/o CoT alone
