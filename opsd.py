@@ -1,5 +1,5 @@
-"""On-Policy Self-Distillation (the paper's Eq. 5, Algorithm 2): the student samples, GRPO rewards it, and a reverse KL pulls
-it toward what the same weights would do with the PI in view.
+"""On-Policy Self-Distillation (the paper's Eq. 5, Algorithm 2): the student samples, GRPO rewards it, and a reverse
+KL pulls it toward what the same weights would do with the PI in view.
 
     python opsd.py --env toy_shop                   # the default run, from the shipped base model
     python opsd.py --kl_in_reward 1                 # Algorithm 2: the KL folded into the episode reward instead
