@@ -7,12 +7,12 @@ paper's baselines.
 
 SFT: next-token loss on the agent's tokens of one expert episode per training seed of the first `n_expert` (the same
 seeds, and the same expert budget, whose PI the other methods use), AdamW at `sft_lr`, decayed along a cosine to
-`sft_lr_end` of it by the last step (1: a constant rate). With --cot 1 the expert's reasoning (`<|think|> … <|/think|>`,
-env.expert_act's `draft` style by default) is part of the target, so the model writes its own at test time; the two
-delimiters, which the base never saw, start at the mean embedding of the episodes' tokens (init_think_tokens; a
-deviation, docs/deviations.md). GRPO (grpo.py): K student-view rollouts per task, group-centred advantages without
-the std, all-zero groups dropped, clipped token-level ratio normalised by the round's agent tokens, several gradient
-steps per round, no KL to the base.
+`sft_lr_end` of it by the last step (1: a constant rate). With --cot 1 the expert's reasoning (`<|think|> …
+<|/think|>`, env.expert_act's `draft` style by default) is part of the target, so the model writes its own at test
+time; the two delimiters, which the base never saw, start at the mean embedding of the episodes' tokens
+(init_think_tokens; a deviation, docs/deviations.md). GRPO (grpo.py): K student-view rollouts per task, group-centred
+advantages without the std, all-zero groups dropped, clipped token-level ratio normalised by the round's agent
+tokens, several gradient steps per round, no KL to the base.
 
 Every evaluation is the student view on held-out seeds, greedy. Logs, checkpoints and --resume: run.py.
 """
