@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from config import parse_args
 
-ROW_ORDER = ["base", "SFT w/ CoT", "SFT w/o CoT", "RL", "SFT w/o CoT + RL", "SFT w/ CoT + RL", "OPSD",
-             "π-Distill α=0", "π-Distill α=0.5", "π-Distill α=1", "expert"]  # the paper's Table 1 order
+ROW_ORDER = ["base", "SFT w/ CoT", "SFT w/o CoT", "RL", "RL (π-Distill script, no PI)", "SFT w/o CoT + RL",
+             "SFT w/ CoT + RL", "OPSD", "π-Distill α=0", "π-Distill α=0.5", "π-Distill α=1", "expert"]
+# the paper's Table 1 order, with plain GRPO at π-Distill's budget (its script with --pi_coverage 0) beside RL
 
 
 @dataclass
