@@ -158,12 +158,12 @@ def round_profile(model, cfg):
     round_s = total / cfg.rounds
     run_s = pcfg.steps * round_s + (pcfg.steps // pcfg.eval_every + pcfg.final_n / pcfg.eval_n) * eval_s
     out = {"round_s": round(round_s, 3), "rounds_per_s": round(1 / round_s, 3), "eval_s": round(eval_s, 2),
-           "default_run_min": round(run_s / 60, 1),
+           "default_run_s": round(run_s, 1),
            **{f"round_share_{k}": round(v / total, 3) for k, v in shares.items()},
            "eval_share_of_run": round(1 - pcfg.steps * round_s / run_s, 3)}
     print(f"π-Distill round ({cfg.rounds} rounds): {round_s:.2f} s | " + " | ".join(
         f"{k} {100 * v / total:.0f}%" for k, v in shares.items()) + f" | one periodic evaluation {eval_s:.1f} s | the "
-        f"default run ≈ {out['default_run_min']} min, {100 * out['eval_share_of_run']:.0f}% of it evaluation")
+        f"default run ≈ {run_s / 60:.1f} min, {100 * out['eval_share_of_run']:.0f}% of it evaluation")
     return out
 
 
