@@ -214,3 +214,34 @@ def test_a_missing_base_model_is_a_one_line_error(tmp_path, monkeypatch):
                                          r"--env toy_shop` \(two runs, about 2 hours"):
         D.main(["--env", "toy_shop"])
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """A run that dies after its step-2 checkpoint and is resumed logs what the uninterrupted run logs."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    save_checkpoint(str(tmp_path / "init.pt"),
+                    GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16)))
+    args = ["--init", str(tmp_path / "init.pt"), "--steps", "4", "--tasks", "4", "--n_tasks", "8", "--eval_every", "2",
+            "--eval_n", "2", "--final_n", "2", "--lr", "1e-2"]
+
+    def log(run):
+        rows = [json.loads(line) for line in open(tmp_path / "out" / run / "log.jsonl")]
+        return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tok_s")} for r in rows]
+
+    D.main(args + ["--run", "straight"])
+    real_round, calls = D.distill_round, []
+
+    def dies_in_round_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_round(*a, **k)
+
+    monkeypatch.setattr(D, "distill_round", dies_in_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        D.main(args + ["--run", "resumed"])
+    assert [r["step"] for r in log("resumed")] == [1, 2]
+    monkeypatch.setattr(D, "distill_round", real_round)
+    D.main(args + ["--run", "resumed", "--resume", "1"])
+    assert log("resumed") == log("straight")
