@@ -39,13 +39,13 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from tqdm import tqdm
 
 import tokenizer as tk
-from config import changed, parse_args
+from config import parse_args
 from diagnostics import pi_copy, reading
 from env import PRETRAIN_SEED0, TRAIN_SEEDS, make, pi_text
 from eval import evaluate
@@ -279,10 +279,10 @@ def make_base(env="toy_shop", recipe=BASE_RECIPE, extra=()):
 def cli(argv):
     """`python pretrain.py [--env E] [--device D] [--workers N]`: the shipped base by BASE_RECIPE; with any other
     option, one run with those options."""
-    cfg = parse_args(PretrainConfig(), argv)
-    if not changed(cfg, ("env", "workers")):
-        extra = [f"--{k}={getattr(cfg, k)}" for k in ("device", "workers")
-                 if getattr(cfg, k) != getattr(PretrainConfig, k)]
+    cfg, default = parse_args(PretrainConfig(), argv), PretrainConfig()
+    if all(getattr(cfg, f.name) == getattr(default, f.name) for f in fields(cfg)
+           if f.name not in ("env", "device", "workers")):
+        extra = [f"--{k}={getattr(cfg, k)}" for k in ("device", "workers") if getattr(cfg, k) != getattr(default, k)]
         return make_base(cfg.env, extra=extra)
     return main(argv)
 

@@ -163,5 +163,6 @@ def test_make_base_runs_the_recipe_two_runs_back_to_back(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "make_base", lambda env, extra=(): calls.append(("recipe", env, list(extra))))
     monkeypatch.setattr(P, "main", lambda args: calls.append(("run", args)))
     P.cli([]), P.cli(["--env", "toy_shop", "--device=cpu"]), P.cli(["--steps=5", "--out=x.pt"])
+    P.cli(["--init", "x.pt"]), P.cli(["--eval_every", "5"])  # never the recipe: it would overwrite the shipped base
     assert calls == [("recipe", "toy_shop", []), ("recipe", "toy_shop", ["--device=cpu"]),
-                     ("run", ["--steps=5", "--out=x.pt"])]
+                     ("run", ["--steps=5", "--out=x.pt"]), ("run", ["--init", "x.pt"]), ("run", ["--eval_every", "5"])]
