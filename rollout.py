@@ -13,6 +13,11 @@ one batched forward, the rest of each prompt is forced token by token. Finished 
 
 `generate_plain` is the reference: no cache, a full forward over the whole sequence at every step. The tests hold the
 two equal token for token; bench.py measures how much faster the cache is.
+
+Below the sampler, what every script does with episodes: `play` runs toy_shop episodes in either view, `distinct`
+finds the copies within a group, `student_view` / `teacher_view` move an episode between the two contexts, `trimmed`
+cuts the tensors a loss is computed on, and `kl_teacher_student` scores the exact KL between the views — the KL in
+π-Distill's teacher reward and the premise's initial KL (eval.py) alike.
 """
 
 from dataclasses import dataclass
