@@ -14,11 +14,11 @@ import random
 import torch
 
 from env import expert_act, make, render, solve
-from worlds import build_world
 from model import IGNORE_INDEX
 from skills import SKILLS, skill_doc, skill_question, skill_table
 from tokenizer import encode
 from transcripts import collate, encode_pieces
+from worlds import build_world
 
 
 def buy_selection(envs, level):

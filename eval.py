@@ -27,10 +27,10 @@ from tqdm import tqdm
 from config import parse_args
 from diagnostics import buy_selection, decisions, pi_copy, reading
 from env import PI_FORMS, TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
-from worlds import LEVELS
 from model import CheckpointError, load_checkpoint, pick_device
 from rollout import TEMPERATURE, kl_teacher_student, play
 from run import base_checkpoint
+from worlds import LEVELS
 
 
 @dataclass

@@ -12,8 +12,8 @@ import pretrain as P
 import skills
 import tokenizer as tk
 from env import PRETRAIN_SEED0, make
-from worlds import COLORS
 from model import IGNORE_INDEX, load_checkpoint
+from worlds import COLORS
 
 
 def test_loss_only_on_agent_tokens_write_amounts_and_skill_answers():
