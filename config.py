@@ -2,8 +2,8 @@
 
 No argparse boilerplate: each script declares one dataclass whose fields, with a comment each, are its options (the
 training scripts' extend run.RunConfig, the options they share); `--help` prints them with their defaults and those
-comments. Unknown keys, missing values
-and values of the wrong type stop the script with a one-line message before anything expensive starts.
+comments. Unknown keys, missing values and values of the wrong type stop the script with a one-line message before
+anything expensive starts.
 """
 
 import dataclasses
