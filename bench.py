@@ -35,7 +35,7 @@ import tokenizer as tk
 from config import parse_args
 from model import GPT, GPTConfig, load_checkpoint
 from rollout import TEMPERATURE, generate, generate_plain
-from run import base_checkpoint
+from run import base_checkpoint, pi_tasks
 
 
 @dataclass
@@ -129,9 +129,9 @@ class Stopwatch:
 
 def round_profile(model, cfg):
     """Seconds per default π-Distill round and the share of each part, from `cfg.rounds` rounds; one periodic
-    evaluation (eval_n greedy held-out tasks + eval_n sampled teacher tasks); the default run's estimated minutes."""
+    evaluation (eval_n greedy held-out tasks + eval_n sampled teacher tasks); the default run's estimated wall-clock."""
     pcfg = pi_distill.Config(tasks=2, k=2, eval_n=4, final_n=4, steps=10) if cfg.quick else pi_distill.Config()
-    pool = list(env.TRAIN_SEEDS[: pcfg.n_tasks])
+    pool, with_pi = pi_tasks(pcfg)  # the default run's tasks, as pi_distill.main draws them
     opt = torch.optim.AdamW(model.parameters(), lr=pcfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     clock, rng = Stopwatch(), random.Random(cfg.seed)
     parts = [(pi_distill, "play", "sample"), (env.ToyShop, "step", "env"), (pi_distill, "kl_teacher_student", "kl"),
@@ -142,7 +142,8 @@ def round_profile(model, cfg):
         t0 = time.perf_counter()
         for step in range(cfg.rounds):
             g = torch.Generator().manual_seed(step)
-            pi_distill.distill_round(model, opt, pcfg, rng.sample(pool, pcfg.tasks), lambda s: True, pcfg.alpha, g)
+            pi_distill.distill_round(model, opt, pcfg, rng.sample(pool, pcfg.tasks), with_pi.__contains__, pcfg.alpha,
+                                     g)
         total = time.perf_counter() - t0
     finally:
         clock.restore()

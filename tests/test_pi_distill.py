@@ -45,6 +45,20 @@ def views():
     return teacher, t_mask, student, s_mask
 
 
+def init_checkpoint(tmp_path):
+    """A tiny untrained model of the real vocabulary, saved as tmp_path/init.pt for a script's --init: -> the model."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
+    save_checkpoint(str(tmp_path / "init.pt"), model)
+    return model
+
+
+def logged(tmp_path, run):
+    """out/<run>/log.jsonl's rows without their timings (elapsed_s, tok_s), which no two runs share."""
+    rows = [json.loads(line) for line in open(tmp_path / "out" / run / "log.jsonl")]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tok_s")} for r in rows]
+
+
 def test_alpha_0_and_1_are_the_single_terms_and_the_student_term_sends_no_gradient_to_teacher_old():
     model = tiny()
     teacher, t_mask, student, s_mask = views()
@@ -153,9 +167,7 @@ def test_kl_in_the_reward_carries_no_gradient(tmp_path):
 
 def test_pi_distill_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
-    save_checkpoint(str(tmp_path / "init.pt"), model)
+    model = init_checkpoint(tmp_path)
     summary = D.main([f"--init={tmp_path / 'init.pt'}", "--steps=3", "--tasks=4", "--n_tasks=8", "--pi_coverage=0.5",
                       "--eval_every=3", "--eval_n=4", "--final_n=4", "--run=smoke", "--lr=1e-2"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
@@ -171,9 +183,7 @@ def test_folded_kl_smoke_and_bad_options(tmp_path, monkeypatch, capsys):
     """--student_kl reward (Algorithm 1 as written) runs and names its row and folder; bad options are one-line
     errors, not tracebacks."""
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
-    save_checkpoint(str(tmp_path / "init.pt"),
-                    GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16)))
+    init_checkpoint(tmp_path)
     summary = D.main(["--init", str(tmp_path / "init.pt"), "--steps", "2", "--tasks=2", "--n_tasks=4",
                       "--eval_every=2", "--eval_n=2", "--final_n=2", "--student_kl", "reward", "--alpha_warmup=5",
                       "--seed", "3"])
@@ -190,15 +200,12 @@ def test_folded_kl_smoke_and_bad_options(tmp_path, monkeypatch, capsys):
 def test_same_seed_same_log(tmp_path, monkeypatch):
     """Two runs with the same seed (and thread count) log the same numbers round for round; another seed does not."""
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
-    save_checkpoint(str(tmp_path / "init.pt"),
-                    GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16)))
+    init_checkpoint(tmp_path)
 
     def log(run, seed):
         D.main(["--init", str(tmp_path / "init.pt"), "--steps", "3", "--tasks", "4", "--n_tasks", "8", "--eval_every",
                 "3", "--eval_n", "2", "--final_n", "2", "--lr", "1e-2", "--seed", str(seed), "--run", run])
-        rows = [json.loads(line) for line in open(tmp_path / "out" / run / "log.jsonl")]
-        return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tok_s")} for r in rows]
+        return logged(tmp_path, run)
 
     first = log("a", 0)
     assert log("b", 0) == first and log("c", 1) != first
@@ -219,15 +226,9 @@ def test_a_missing_base_model_is_a_one_line_error(tmp_path, monkeypatch):
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     """A run that dies after its step-2 checkpoint and is resumed logs what the uninterrupted run logs."""
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
-    save_checkpoint(str(tmp_path / "init.pt"),
-                    GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16)))
+    init_checkpoint(tmp_path)
     args = ["--init", str(tmp_path / "init.pt"), "--steps", "4", "--tasks", "4", "--n_tasks", "8", "--eval_every", "2",
             "--eval_n", "2", "--final_n", "2", "--lr", "1e-2"]
-
-    def log(run):
-        rows = [json.loads(line) for line in open(tmp_path / "out" / run / "log.jsonl")]
-        return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tok_s")} for r in rows]
 
     D.main(args + ["--run", "straight"])
     real_round, calls = D.distill_round, []
@@ -241,7 +242,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "distill_round", dies_in_round_3)
     with pytest.raises(KeyboardInterrupt):
         D.main(args + ["--run", "resumed"])
-    assert [r["step"] for r in log("resumed")] == [1, 2]
+    assert [r["step"] for r in logged(tmp_path, "resumed")] == [1, 2]
     monkeypatch.setattr(D, "distill_round", real_round)
     D.main(args + ["--run", "resumed", "--resume", "1"])
-    assert log("resumed") == log("straight")
+    assert logged(tmp_path, "resumed") == logged(tmp_path, "straight")
