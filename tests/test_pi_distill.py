@@ -187,7 +187,8 @@ def test_folded_kl_smoke_and_bad_options(tmp_path, monkeypatch, capsys):
     summary = D.main(["--init", str(tmp_path / "init.pt"), "--steps", "2", "--tasks=2", "--n_tasks=4",
                       "--eval_every=2", "--eval_n=2", "--final_n=2", "--student_kl", "reward", "--alpha_warmup=5",
                       "--seed", "3"])
-    assert summary["method"] == "π-Distill α=0.5 (final_n 2, n_tasks 4, alpha_warmup 5, student_kl reward, steps 2, tasks 2)"
+    assert summary["method"] == ("π-Distill α=0.5 (final_n 2, n_tasks 4, alpha_warmup 5, student_kl reward, steps 2, "
+                                 "tasks 2)")
     assert summary["run"] == "pi_distill_final_n2_n_tasks4_alpha_warmup5_student_kl-reward_steps2_tasks2_s3"
     for argv, message in ((["--student_kl=both"], "--student_kl must be loss or reward"),
                           (["--alpha", "1.5"], "--alpha must lie in [0, 1]"),
