@@ -38,6 +38,7 @@ class Config(RunConfig):
     n_tasks: int = 2000  # training tasks (the expert budget)
     beta: float = 0.5  # weight of KL(π^S ‖ sg π^T)
     kl_in_reward: bool = False  # Algorithm 2: fold β·KL_seq into the reward instead of a loss term
+    teacher: str = "shared"  # weights of the teacher view: shared (Eq. 5) | frozen (the start's; docs/deviations.md)
     steps: int = 150  # sampling rounds
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task (the group size)
@@ -52,8 +53,9 @@ def reverse_kl(logits_s, s_mask, lp_t):
     return kl_div(vocab_logprobs(logits_s, s_mask), lp_t.detach())
 
 
-def opsd_round(model, opt, cfg, seeds, has_pi, generator):
-    """One round of Eq. 5 over `seeds`: -> (stats, the student episodes)."""
+def opsd_round(model, opt, cfg, seeds, has_pi, generator, teacher=None):
+    """One round of Eq. 5 over `seeds`: -> (stats, the student episodes). `teacher`: the weights that score the
+    teacher view (default `model`, the shared network; a frozen copy of the start with --teacher frozen)."""
     t0, device, K = time.time(), next(model.parameters()).device, cfg.k
     model.eval()
     played = play(model, seeds, K, level=cfg.level, temperature=TEMPERATURE, generator=generator)
@@ -65,7 +67,7 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator):
     if with_pi.any():
         with torch.no_grad():  # sg π^T: the teacher's full log-softmax at every student-sampled agent token
             tv_ids, tv_mask, _ = trimmed(teacher_view(played, cfg.pi), device)
-            lp_t = vocab_logprobs(model(tv_ids)[0], tv_mask * with_pi[:, None].to(device))
+            lp_t = vocab_logprobs((teacher or model)(tv_ids)[0], tv_mask * with_pi[:, None].to(device))
             per_token = reverse_kl(model(ids)[0], kl_mask, lp_t)
             rows = torch.arange(len(with_pi)).repeat_interleave(kl_mask.sum(1).long().cpu())
             kl_seq = torch.zeros(len(with_pi)).index_add_(0, rows, per_token.cpu())
@@ -95,13 +97,15 @@ def main(argv=None):
     pool, with_pi = pi_tasks(cfg)
     run = Run(cfg, "opsd")
     model, ckpt = run.load_model()
+    teacher = run.teacher(model, cfg.teacher)
     opts = {"opt": torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))}
     phase, step = run.restore(ckpt, opts) if cfg.resume else ("rl", 0)
     test = list(TEST_SEEDS)
     model.train()
     while phase == "rl" and step < cfg.steps:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        stats, played = opsd_round(model, opts["opt"], cfg, run.rng.sample(pool, cfg.tasks), with_pi.__contains__, g)
+        stats, played = opsd_round(model, opts["opt"], cfg, run.rng.sample(pool, cfg.tasks), with_pi.__contains__, g,
+                                   teacher)
         step += 1
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()

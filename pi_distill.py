@@ -51,6 +51,7 @@ class Config(RunConfig):
     alpha_warmup: int = 0  # rounds of the paper's linear rise of α from 0 (0: α from the first round)
     beta: float = 0.25  # weight of the KL between the views: in the teacher's reward and in the student's loss
     student_kl: str = "loss"  # loss: Eq. 3's KL term in the student loss | reward: folded into its reward (Alg. 1)
+    teacher: str = "shared"  # weights of the teacher view: shared (the paper) | frozen (the start's, α = 0 only)
     steps: int = 400  # sampling rounds
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task (the group size)
@@ -121,8 +122,9 @@ def view(episodes, adv, keep, rows, inverse, device, all_rows=False):
                 count[use].to(device))
 
 
-def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
+def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher=None):
     """One round of Algorithm 1 over `seeds`; those without PI are student GRPO. -> (stats, teacher episodes).
+    `teacher`: the weights that sample and score the teacher view (default `model`; --teacher frozen: the start's).
 
     The teacher's advantage comes from R − β·KL_seq (Eq. 2). With `student_kl=loss` the student's comes from R alone
     and Eq. 3's β·KL(sg π^T ‖ π^S) is a loss term on every teacher episode; with `reward` both terms share the
@@ -133,9 +135,10 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator):
     batches, stats, shown, tokens = [], {"alpha": alpha}, None, 0
 
     if pi_seeds:
-        played = play(model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=TEMPERATURE, generator=generator)
+        played = play(teacher or model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=TEMPERATURE,
+                      generator=generator)
         uniq, rows, inverse = distinct(played, K)  # copies of an episode: scored and trained once, weighted
-        kl, lp_t = kl_teacher_student(model, uniq, cfg.pi, with_teacher=True)  # (B',), (N, V); no gradient
+        kl, lp_t = kl_teacher_student(model, uniq, cfg.pi, True, teacher)  # (B',), (N, V); no gradient
         kl = kl[inverse]  # every episode's KL_seq, copies included, for the group means
         reward = played.rewards - cfg.beta * kl  # Algorithm 1: the KL folded into the teacher's reward
         adv_t, keep_t = centred_advantages(reward, K)
@@ -182,9 +185,12 @@ def main(argv=None):
         raise SystemExit(f"error: --alpha must lie in [0, 1], got {cfg.alpha}")
     if cfg.student_kl not in ("loss", "reward"):
         raise SystemExit(f"error: --student_kl must be loss or reward, got {cfg.student_kl!r}")
+    if cfg.teacher != "shared" and cfg.alpha > 0:
+        raise SystemExit("error: --teacher frozen trains no teacher view; it needs --alpha 0")
     pool, with_pi = pi_tasks(cfg)
     run = Run(cfg, "pi_distill")
     model, ckpt = run.load_model()
+    teacher = run.teacher(model, cfg.teacher)
     opts = {"opt": torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))}
     phase, step = run.restore(ckpt, opts) if cfg.resume else ("rl", 0)
     test, train = list(TEST_SEEDS), list(TRAIN_SEEDS)
@@ -202,7 +208,7 @@ def main(argv=None):
     while phase == "rl" and step < cfg.steps:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         stats, played = distill_round(model, opts["opt"], cfg, run.rng.sample(pool, cfg.tasks), with_pi.__contains__,
-                                      alpha_at(step, cfg), g)
+                                      alpha_at(step, cfg), g, teacher)
         step += 1
         if step % cfg.eval_every == 0 or step == cfg.steps:
             run.log(phase, step, evaluate_both(cfg.eval_n, stats))

@@ -283,14 +283,15 @@ def trimmed(episodes, device, rows=None):
 
 
 @torch.no_grad()
-def kl_teacher_student(model, played, pi, with_teacher=False):
+def kl_teacher_student(model, played, pi, with_teacher=False, teacher=None):
     """KL_seq(π^T ‖ π^S) per episode of the teacher's samples `played` (PI form `pi`): the exact full-vocabulary
     Σ_v p_T(v) (log p_T(v) − log p_S(v)) at each agent token, summed over the episode, without gradient: the KL in
     π-Distill's teacher reward (Eq. 2) and the premise's initial KL (eval.py). With `with_teacher`, also the teacher's
-    log-softmax at those tokens (N, V), row-major, the sg π^T of π-Distill's student term (Eq. 3)."""
+    log-softmax at those tokens (N, V), row-major, the sg π^T of π-Distill's student term (Eq. 3). `teacher`: other
+    weights for the teacher view (default `model`: one network plays both views)."""
     ep, device = played.episodes, model.wte.weight.device
     (ids_t, mask_t, _), (ids_s, mask_s, _) = trimmed(ep, device), trimmed(student_view(played, pi), device)
-    lp_t = vocab_logprobs(model(ids_t)[0], mask_t)  # (N, V), agent tokens, row-major order
+    lp_t = vocab_logprobs((teacher or model)(ids_t)[0], mask_t)  # (N, V), agent tokens, row-major order
     lp_s = vocab_logprobs(model(ids_s)[0], mask_s)  # (N, V), the same tokens, same order
     per_token = kl_div(lp_t, lp_s).cpu()  # (N,) KL(π^T ‖ π^S) at each agent token
     rows = torch.arange(ep.ids.size(0)).repeat_interleave(ep.mask.sum(1))

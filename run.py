@@ -79,6 +79,16 @@ class Run:
         self.log_file = open(os.path.join(self.dir, "log.jsonl"), "a")
         return model, ckpt
 
+    def teacher(self, model, kind):
+        """The weights that play the teacher view: `model` itself (shared, the paper) or, for `frozen`, a fixed copy
+        of the run's start (--init or the base model, also on --resume) that never trains (docs/deviations.md)."""
+        if kind == "shared":
+            return model
+        if kind != "frozen":
+            raise SystemExit(f"error: --teacher must be shared or frozen, got {kind!r}")
+        start, _ = load_checkpoint(self.cfg.init or base_checkpoint(self.cfg.env), self.device)
+        return start.eval().requires_grad_(False)
+
     def restore(self, ckpt, optimizers):
         """Optimizer and RNG states from a --resume checkpoint: -> (phase, step)."""
         for name, opt in optimizers.items():
