@@ -153,14 +153,16 @@ def expert_act(transcript, cot=False, style="draft"):
         return f"search {cat}"
     if n == 4:
         return f"say {tools[3].split(' ')[1]} {tools[3].split(' ')[2]}"
-    old_id, _, _, size, old_price = items.split()
+    old_id, *_, old_price = items.split()  # `id category colour [size] price`: an unsized item (OOD) has no size
+    size = items.split()[3] if len(items.split()) == 5 else ""
     color = words[11]
     rows = [(i, c, z, int(p), int(s)) for i, c, z, p, s in ROW_RE.findall(tools[2])]
     notes = [f"{i} {z} {p} st{s} {'ok' if z == size and s >= 1 else 'no'}" for i, c, z, p, s in rows if c == color]
     p, i, s = min((p, i, s) for i, c, z, p, s in rows if c == color and z == size and s >= 1)
     diff = p - int(old_price)
-    think = (f"exchange {oid} {old_id} {i} . {i} {color} {size} {p} st{s} ok . " if draft else
-             f"{color} {size} : " + " . ".join(notes) + f" . best {i} {p} . ")
+    named = f"{color} {size}".strip()  # an unsized item (OOD) has no size to name
+    think = (f"exchange {oid} {old_id} {i} . {i} {named} {p} st{s} ok . " if draft else
+             f"{named} : " + " . ".join(notes) + f" . best {i} {p} . ")
     think += f"{p} - {old_price} = {diff} . {'pay' if diff > 0 else 'refund'} by {paid}"
     return _with_think(think, f"exchange {oid} {old_id} {i} {paid}", cot)
 

@@ -3,6 +3,7 @@
     python eval.py --env toy_shop                    # the shipped base model
     python eval.py --ckpt out/run/ckpt.pt --pi all   # + per PI form on training seeds: teacher success, Δ, KL
     python eval.py --pi all --json 1                 # last line: one JSON object with every number
+    python eval.py --split ood                       # the same on the out-of-distribution split (docs/env.md)
 
 What it prints (the paper's premise statistics, and this project's diagnostics):
 - the student view (no PI) on held-out seeds, greedy and sampled at the algorithms' temperature, with its protocol
@@ -11,7 +12,8 @@ What it prints (the paper's premise statistics, and this project's diagnostics):
   initial divergence KL(π^T ‖ π^S) per episode (full-vocabulary, summed over the teacher's sampled agent tokens),
   and whether the teacher copies its PI line's row id and payment (diagnostics.pi_copy);
 - the decisive turn, teacher-forced on the expert's transcript (diagnostics.decisions; --cot 1 with its CoT);
-- the model's reading of a rendered table (diagnostics.reading);
+- the model's reading of a rendered table (diagnostics.reading): the forgetting probe, a skill of the base that no
+  post-training trains directly;
 - the scripted expert and a random agent on the same held-out seeds: ceiling and floor.
 """
 
@@ -45,6 +47,7 @@ class EvalConfig:
     seed: int = 0  # seeds the sampled evaluations
     device: str = "auto"  # auto | cpu | cuda | mps
     json: bool = False  # print the results as one JSON object on the last line
+    split: str = "id"  # id: held-out tasks of --level | ood: held-out tasks of the OOD split (docs/env.md)
 
 
 @torch.no_grad()
@@ -69,6 +72,15 @@ def evaluate(model, seeds, pi=None, level="L2", temperature=0.0, seed=0, batch=1
     if kls:
         out["kl"] = sum(kls) / len(kls)
     return out
+
+
+def transfer(model, n=500):
+    """Table 1's out-of-distribution column and the forgetting probe, for any trained model: greedy success on the
+    first n held-out tasks of the OOD split (level OOD; docs/env.md, "The OOD split"), its protocol-error rate, and
+    `reading`, the mean over skill kinds of diagnostics.reading — the base's table reading, which no method trains."""
+    ood, read = evaluate(model, list(TEST_SEEDS[:n]), level="OOD"), reading(model)
+    return {"ood_success": ood["success"], "ood_protocol_errors": ood["protocol_errors"],
+            "reading": sum(read.values()) / len(read)}
 
 
 def scripted_success(seeds, level, agent):
@@ -106,6 +118,9 @@ def main(argv=None):
     cfg = parse_args(EvalConfig(), argv)
     if cfg.level not in LEVELS:
         sys.exit(f"error: unknown level {cfg.level!r}; valid: {', '.join(LEVELS)}")
+    if cfg.split not in ("id", "ood"):
+        sys.exit(f"error: --split must be id or ood, got {cfg.split!r}")
+    level = "OOD" if cfg.split == "ood" else cfg.level
     forms = PI_FORMS if cfg.pi == "all" else [f for f in cfg.pi.split(",") if f]
     bad = [f for f in forms if f not in PI_FORMS]
     if bad:
@@ -118,9 +133,9 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     model.eval()
     test, train = list(TEST_SEEDS[: cfg.n]), list(TRAIN_SEEDS[: cfg.n])
-    run = dict(level=cfg.level, seed=cfg.seed, batch=cfg.batch, progress=True)
-    res = {"ckpt": cfg.ckpt, "n": cfg.n, "temperature": TEMPERATURE}
-    print(f"{cfg.ckpt}: {cfg.env} {cfg.level}, {cfg.n} episodes per number")
+    run = dict(level=level, seed=cfg.seed, batch=cfg.batch, progress=True)
+    res = {"ckpt": cfg.ckpt, "level": level, "n": cfg.n, "temperature": TEMPERATURE}
+    print(f"{cfg.ckpt}: {cfg.env} {level}, {cfg.n} episodes per number")
     for name, temp in (("greedy", 0.0), ("sampled", TEMPERATURE)):
         r = evaluate(model, test, temperature=temp, **run)
         res[f"student_{name}"], res[f"protocol_errors_{name}"] = r["success"], r["protocol_errors"]
@@ -130,7 +145,7 @@ def main(argv=None):
               f" | {r['mean_len']:.0f} tokens/episode")
         print("  BUY selection: " + " | ".join(f"{k} {v:.3f}" for k, v in r["buy"].items()))
     res["decisions"] = {f: {k: round(v, 3) for k, v in d.items()}
-                        for f, d in decisions(model, test, cot=cfg.cot, level=cfg.level).items()}
+                        for f, d in decisions(model, test, cot=cfg.cot, level=level).items()}
     print(f"decisive turn (teacher-forced on the expert's, {'with' if cfg.cot else 'without'} CoT; the row it names "
           "/ the whole turn): " + " | ".join(f"{f} {d['row']:.3f} / {d['turn']:.3f}"
                                                for f, d in res["decisions"].items()))
@@ -143,7 +158,7 @@ def main(argv=None):
             res[f"teacher_{form}"], res[f"delta_{form}"], res[f"kl_{form}"] = r["success"], r["success"] - base, r["kl"]
             print(f"teacher {form:6s} success {r['success']:.3f} | Δ {r['success'] - base:+.3f} | "
                   f"KL(T‖S) {r['kl']:.2f} nats/episode | protocol errors {r['protocol_errors']:.3f}")
-        copy = pi_copy(model, train, cfg.level)
+        copy = pi_copy(model, train, level)
         res["pi_copy"] = {k: round(v, 3) for k, v in copy.items()}
         print(f"PI copy (teacher-forced, expert transcripts, `full` PI true or altered): the teacher names its PI's "
               f"row id {copy['teacher_id']:.3f}, payment {copy['teacher_pay']:.3f} (0.5: ignores it) | the student, "
@@ -151,8 +166,8 @@ def main(argv=None):
     res["reading"] = {k: round(v, 3) for k, v in reading(model).items()}
     print("reading (skill questions after a rendered table, greedy exact match, 200 each): "
           + " | ".join(f"{k} {v:.3f}" for k, v in res["reading"].items()))
-    res["expert"] = scripted_success(test, cfg.level, "expert")
-    res["random"] = scripted_success(test, cfg.level, "random")
+    res["expert"] = scripted_success(test, level, "expert")
+    res["random"] = scripted_success(test, level, "random")
     print(f"expert {res['expert']:.3f} | random agent {res['random']:.3f}")
     if cfg.json:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))

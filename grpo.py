@@ -40,7 +40,8 @@ def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=CLIP, dual_clip
     N = Σ_t mask_t, the tokens the term uses, unless `n_tokens` gives another count (the scripts pass every agent
     token of the round's batch, those of dropped groups included).
 
-    logp_new, logp_old, mask: (B, T); advantages: (B,) one per episode, broadcast over its tokens. `logp_old` is
+    logp_new, logp_old, mask: (B, T); advantages: (B,) one per episode, broadcast over its tokens, or (B, T) one
+    per token (OPSD's --kl token: a per-token KL penalty on top of the episode's advantage). `logp_old` is
     detached here: it is π_old in GRPO, π^T_old in π-Distill's student term (the ratio π^S_θ / sg π^T_old).
     Where the ratio leaves the clip range on the side that would increase the objective, the min picks the
     clipped, constant term and that token sends no gradient.
@@ -53,7 +54,7 @@ def clipped_surrogate(logp_new, logp_old, advantages, mask, clip=CLIP, dual_clip
     the distribution the sampler drew from (rollout.generate's logp) and no extra no-grad forward is needed.
     """
     ratio = torch.exp(logp_new - logp_old.detach())  # (B, T); the old policy is a constant (stop-gradient)
-    adv = advantages[:, None]  # (B, 1)
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages  # (B, 1) or (B, T)
     objective = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)  # (B, T)
     if dual_clip is not None:
         objective = torch.where(adv < 0, torch.maximum(objective, dual_clip * adv), objective)

@@ -2,7 +2,7 @@
 KL pulls it toward what the same weights would do with the PI in view.
 
     python opsd.py --env toy_shop                   # the default run, from the shipped base model
-    python opsd.py --kl_in_reward 1                 # Algorithm 2: the KL folded into the episode reward instead
+    python opsd.py --kl reward                      # Algorithm 2: the KL folded into the episode reward instead
 
 Each round (opsd_round): K student-view episodes per task; GRPO as in the other scripts (group-centred advantages
 without the std, all-zero groups dropped, clipped ratio π^S_θ / π^S_old); and for tasks with PI, at every
@@ -10,10 +10,12 @@ student-sampled agent token, the exact reverse KL
 
     KL(π^S ‖ sg π^T) = Σ_v p_S(v) (log p_S(v) − log p_T(v))
 
-with the teacher's logits (the same network, the PI line inserted into the context) detached. By default the KL is a
-differentiable loss term, β · mean over agent tokens, added to the GRPO loss (the paper's App. E.1 and its authors'
-released loss); --kl_in_reward 1 instead subtracts β·KL_seq from each episode's reward before the advantages
-(Algorithm 2). Both terms are normalised by the round's agent tokens. The teacher's log-probs are computed once per
+with the teacher's logits (the same network, the PI line inserted into the context) detached. Where the KL goes
+(`--kl`): `loss`, a differentiable term, β · mean over agent tokens, added to the GRPO loss (the paper's App. E.1 and
+its authors' released loss); `reward`, β·KL_seq subtracted from each episode's reward before the advantages
+(Algorithm 2); `token`, the sampled estimate log π^S(a_t) − log π^T(a_t) at each sampled token, times β, subtracted
+from that token's advantage (the per-token form of the authors' on-policy port). All are normalised by the round's
+agent tokens. The teacher's log-probs are computed once per
 round, at the round's weights, and reused by the `grad_steps` steps. OPSD collapses here (docs/experiments.md).
 """
 
@@ -24,7 +26,7 @@ import torch
 
 from config import label, parse_args
 from env import TEST_SEEDS
-from eval import evaluate
+from eval import evaluate, transfer
 from grpo import centred_advantages, clipped_surrogate, entropy, update
 from model import kl_div, token_logprobs, vocab_logprobs
 from rollout import TEMPERATURE, play, show_episode, teacher_view, trimmed
@@ -37,7 +39,7 @@ class Config(RunConfig):
     pi_coverage: float = 1.0  # share of the training tasks that have PI (the others get GRPO alone)
     n_tasks: int = 2000  # training tasks (the expert budget)
     beta: float = 0.5  # weight of KL(π^S ‖ sg π^T)
-    kl_in_reward: bool = False  # Algorithm 2: fold β·KL_seq into the reward instead of a loss term
+    kl: str = "loss"  # where the KL goes: loss (a loss term) | reward (β·KL_seq in the reward, Alg. 2) | token
     teacher: str = "shared"  # weights of the teacher view: shared (Eq. 5) | frozen (the start's; docs/deviations.md)
     steps: int = 150  # sampling rounds
     tasks: int = 16  # tasks per round
@@ -47,10 +49,16 @@ class Config(RunConfig):
     eval_every: int = 25  # rounds between held-out evaluations
 
 
-def reverse_kl(logits_s, s_mask, lp_t):
-    """KL(π^S ‖ sg π^T) at each agent token: (N,). logits_s (B, T, V) with gradient; lp_t (N, V) the teacher's
-    log-softmax at the same tokens, detached here whatever the caller passes."""
-    return kl_div(vocab_logprobs(logits_s, s_mask), lp_t.detach())
+def reverse_kl(lp_s, lp_t):
+    """KL(π^S ‖ sg π^T) at each agent token: (N,). lp_s (N, V) the student's log-softmax (with gradient); lp_t the
+    teacher's at the same tokens, detached here whatever the caller passes."""
+    return kl_div(lp_s, lp_t.detach())
+
+
+def sampled_log_ratio(lp_s, lp_t, tokens):
+    """log π^S(a) − log π^T(a) at the sampled tokens a (N,): the one-sample estimate of KL(π^S ‖ π^T) at each
+    position (unbiased when a ~ π^S), the per-token penalty of --kl token. lp_s, lp_t: (N, V) log-softmaxes."""
+    return (lp_s.gather(1, tokens[:, None]) - lp_t.gather(1, tokens[:, None])).squeeze(1)
 
 
 def opsd_round(model, opt, cfg, seeds, has_pi, generator, teacher=None):
@@ -63,30 +71,35 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator, teacher=None):
     ids, mask, logp_old = trimmed(ep, device)
     with_pi = torch.tensor([has_pi(s) for s in seeds]).repeat_interleave(K)  # (B,)
     kl_mask = mask * with_pi[:, None].to(device)  # the KL term only where the task has PI
-    lp_t, kl_seq = None, torch.zeros(len(with_pi))
+    lp_t, kl_seq, log_ratio = None, torch.zeros(len(with_pi)), torch.zeros_like(mask)
     if with_pi.any():
         with torch.no_grad():  # sg π^T: the teacher's full log-softmax at every student-sampled agent token
             tv_ids, tv_mask, _ = trimmed(teacher_view(played, cfg.pi), device)
             lp_t = vocab_logprobs((teacher or model)(tv_ids)[0], tv_mask * with_pi[:, None].to(device))
-            per_token = reverse_kl(model(ids)[0], kl_mask, lp_t)
+            lp_s = vocab_logprobs(model(ids)[0], kl_mask)
+            per_token = reverse_kl(lp_s, lp_t)
             rows = torch.arange(len(with_pi)).repeat_interleave(kl_mask.sum(1).long().cpu())
             kl_seq = torch.zeros(len(with_pi)).index_add_(0, rows, per_token.cpu())
-    reward = played.rewards - (cfg.beta * kl_seq if cfg.kl_in_reward else 0.0)
+            log_ratio[kl_mask.bool()] = sampled_log_ratio(lp_s, lp_t, ids[kl_mask.bool()])
+    reward = played.rewards - (cfg.beta * kl_seq if cfg.kl == "reward" else 0.0)
     adv, keep = centred_advantages(reward, K)
     stats = {"success": played.rewards.mean().item(), "reward": reward.mean().item(),
              "kl": kl_seq[with_pi].mean().item() if with_pi.any() else 0.0, "zero_adv": 1 - keep.float().mean().item(),
              "len": ep.lengths.float().mean().item(), "tok_s": ep.mask.sum().item() / (time.time() - t0)}
     model.train()
     grpo_mask = mask * keep[:, None].to(device)  # GRPO on informative groups only; the KL on every PI episode
+    adv = adv.to(device)
+    if cfg.kl == "token":  # every PI episode's tokens carry their own penalty, informative group or not
+        adv, grpo_mask = adv[:, None] - cfg.beta * log_ratio, torch.maximum(grpo_mask, kl_mask)
     n_tokens = mask.sum().clamp_min(1)  # the round's agent tokens: every script's normalisation
-    if not keep.any() and (cfg.kl_in_reward or lp_t is None):
+    if not grpo_mask.any() and (cfg.kl != "loss" or lp_t is None):
         return stats, played
     for _ in range(cfg.grad_steps):
         logits, _ = model(ids)
-        loss = clipped_surrogate(token_logprobs(logits / TEMPERATURE, ids), logp_old, adv.to(device), grpo_mask,
+        loss = clipped_surrogate(token_logprobs(logits / TEMPERATURE, ids), logp_old, adv, grpo_mask,
                                  n_tokens=n_tokens)
-        if lp_t is not None and not cfg.kl_in_reward:
-            loss = loss + cfg.beta * reverse_kl(logits, kl_mask, lp_t).sum() / n_tokens
+        if lp_t is not None and cfg.kl == "loss":
+            loss = loss + cfg.beta * reverse_kl(vocab_logprobs(logits, kl_mask), lp_t).sum() / n_tokens
         update(model, opt, loss)
     stats.update(loss=loss.item(), entropy=entropy(logits.detach(), mask))
     return stats, played
@@ -94,6 +107,8 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator, teacher=None):
 
 def main(argv=None):
     cfg = parse_args(Config(), argv)
+    if cfg.kl not in ("loss", "reward", "token"):
+        raise SystemExit(f"error: --kl must be loss, reward or token, got {cfg.kl!r}")
     pool, with_pi = pi_tasks(cfg)
     run = Run(cfg, "opsd")
     model, ckpt = run.load_model()
@@ -120,7 +135,7 @@ def main(argv=None):
     final = evaluate(model, test[: cfg.final_n], level=cfg.level)
     run.save(model, opts, "done", step)
     return run.finish(label("OPSD", cfg), heldout_success=final["success"], protocol_errors=final["protocol_errors"],
-                      n=cfg.final_n)
+                      n=cfg.final_n, **transfer(model, cfg.final_n))
 
 
 if __name__ == "__main__":

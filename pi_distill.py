@@ -33,7 +33,7 @@ import torch
 
 from config import label, parse_args
 from env import TEST_SEEDS, TRAIN_SEEDS
-from eval import evaluate
+from eval import evaluate, transfer
 from grpo import CLIP, centred_advantages, clipped_surrogate, entropy, update
 from model import kl_div, token_logprobs, vocab_logprobs
 from rollout import TEMPERATURE, distinct, kl_teacher_student, play, show_episode, student_view, trimmed
@@ -222,8 +222,9 @@ def main(argv=None):
         method = label(f"π-Distill α={cfg.alpha:g}", cfg, ("alpha",))
     else:
         method = label("RL (π-Distill script, no PI)", cfg, ("pi_coverage",))
+    model.eval()
     return run.finish(method, heldout_success=final["heldout_success"], teacher_pi_success=final["teacher_pi_success"],
-                      n=cfg.final_n)
+                      n=cfg.final_n, **transfer(model, cfg.final_n))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 Nothing in a table is typed: each row is the mean ± std over the seeds of the runs that share its label (the method
 and the options changed from their defaults, config.label). results/ keeps one small JSON file per run, so a fresh
 clone regenerates the tables without rerunning anything; results/base.json (the base model's held-out success and
-the scripted expert's) is measured once when missing.
+the scripted expert's) is measured once when missing. Every row also shows Table 1's out-of-distribution column
+(success on the OOD split) and the forgetting probe (table reading), from eval.transfer: the training scripts record
+both at the end; `--collect` measures them from the run's checkpoint when a summary lacks them.
 """
 
 import glob
@@ -30,14 +32,32 @@ class ReportConfig:
     readme: str = "README.md"  # the front door: the rows of ROW_ORDER, between <!-- results table --> markers
 
 
+def transferred(summary, ckpt):
+    """`summary` with eval.transfer's OOD success and reading probe, measured from `ckpt` if it lacks them."""
+    if "ood_success" in summary or not os.path.isfile(ckpt):
+        return summary
+    from eval import transfer  # torch and the model are needed only here
+    from model import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    print(f"measuring OOD success and reading for {ckpt}")
+    return {**summary, **transfer(model.eval(), summary.get("n", 500))}
+
+
 def collect(runs_dir, results_dir):
-    """results/<run>.json for every out/<run>/ with a summary.json: the summary, and `curve`, the held-out success
-    at each periodic evaluation of its log.jsonl (`rl 50`, `sft 400`)."""
+    """results/<run>.json for every out/<run>/ with a summary.json: the summary (with eval.transfer's numbers,
+    measured from out/<run>/ckpt.pt and written back if missing), and `curve`, the held-out success at each
+    periodic evaluation of its log.jsonl (`rl 50`, `sft 400`)."""
     os.makedirs(results_dir, exist_ok=True)
     n = 0
     for path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
         with open(path) as f:
             summary = json.load(f)
+        if "ood_success" not in summary:
+            summary = transferred(summary, os.path.join(os.path.dirname(path), "ckpt.pt"))
+            with open(path + ".tmp", "w") as f:
+                json.dump(summary, f, indent=1, ensure_ascii=False)
+            os.replace(path + ".tmp", path)
         with open(os.path.join(os.path.dirname(path), "log.jsonl")) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         summary["curve"] = {f"{r['phase']} {r['step']}": r["heldout_success"] for r in rows if "heldout_success" in r}
@@ -58,7 +78,17 @@ def load(results_dir):
             json.dump({"base": res["student_greedy"], "expert": res["expert"], "n": res["n"]}, f, indent=1)
     with open(base_path) as f:
         base = json.load(f)
-    rows = {"base": [{"heldout_success": base["base"]}], "expert": [{"heldout_success": base["expert"]}]}
+    if "ood_success" not in base:  # the base's OOD success and reading; the scripted expert's OOD success
+        from env import TEST_SEEDS
+        from eval import scripted_success
+        from run import base_checkpoint
+
+        base = {**transferred(base, base_checkpoint("toy_shop")),
+                "expert_ood": scripted_success(list(TEST_SEEDS[: base["n"]]), "OOD", "expert")}
+        with open(base_path, "w") as f:
+            json.dump(base, f, indent=1)
+    rows = {"base": [{"heldout_success": base["base"], "ood_success": base["ood_success"], "reading": base["reading"]}],
+            "expert": [{"heldout_success": base["expert"], "ood_success": base["expert_ood"]}]}
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         if os.path.basename(path) != "base.json":
             with open(path) as f:
@@ -79,18 +109,20 @@ def cell(values, scale=100, digits=1):
 def results_table(rows, methods, n=500):
     """Markdown: one row per method of `methods` (mean ± std of its runs' held-out success, seeds and their values,
     the teacher view's success with PI where the method has one, wall-clock minutes per run)."""
-    lines = [f"| method | held-out success % (greedy, {n} tasks) | seeds: each | teacher with PI % | minutes per run |",
-             "|---|---|---|---|---|"]
+    lines = [f"| method | held-out success % (greedy, {n} tasks) | seeds: each | OOD success % | reading % "
+             "(forgetting probe) | teacher with PI % | minutes per run |", "|---|---|---|---|---|---|---|"]
     for method in methods:
         runs = rows.get(method)
         if not runs:
-            lines.append(f"| {method} | not in results/ | 0 | | |")
+            lines.append(f"| {method} | not in results/ | 0 | | | | |")
             continue
         teacher = [r["teacher_pi_success"] for r in runs if "teacher_pi_success" in r]
         minutes = [r["wall_clock_s"] / 60 for r in runs if "wall_clock_s" in r]
+        ood, read = [r["ood_success"] for r in runs if "ood_success" in r], [r["reading"] for r in runs if "reading" in r]
         each = ("-" if method in ("base", "expert") else
                 f"{len(runs)}: " + " / ".join(f"{100 * r['heldout_success']:.1f}" for r in runs))
         lines.append(f"| {method} | {cell([r['heldout_success'] for r in runs])} | {each} | "
+                     f"{cell(ood) if ood else ''} | {cell(read) if read else ''} | "
                      f"{cell(teacher) if teacher else ''} | {cell(minutes, 1, 1) if minutes else ''} |")
     return "\n".join(lines)
 

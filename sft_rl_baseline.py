@@ -27,7 +27,7 @@ import torch
 import tokenizer as tk
 from config import label, parse_args
 from env import COT_STYLES, TEST_SEEDS, TRAIN_SEEDS, expert_act, make, render
-from eval import evaluate
+from eval import evaluate, transfer
 from grpo import centred_advantages, clipped_surrogate, entropy, update
 from model import token_logprobs
 from rollout import TEMPERATURE, play, show_episode, trimmed
@@ -162,7 +162,7 @@ def main(argv=None):
     named = ["cot"] + [k for k in ("sft_steps", "rl_steps") if getattr(cfg, k) == 0]  # what the name already says
     method = label(method, cfg, named)
     return run.finish(method, heldout_success=final["success"], protocol_errors=final["protocol_errors"],
-                      n=cfg.final_n)
+                      n=cfg.final_n, **transfer(model, cfg.final_n))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ LEVELS = {  # rows per search, max qty, families, stock filter, unique answer (n
                none=0.03, items=4, pending=0.5),
     "L3": dict(rows=7, max_qty=3, families=["BUY", "RETURN", "EXCHANGE"], stock=True, unique=False, budget=True,
                none=0.10, items=5, pending=0.3),
+    # out of distribution (docs/env.md, "The OOD split"): L2's rules and request forms on category-family pairs L2
+    # never draws — a BUY of a sized item (shirt, shoe), an EXCHANGE of an unsized one (mug, lamp, ...) — and
+    # longer tables; no RETURN (its requests would repeat L2's)
+    "OOD": dict(rows=5, max_qty=1, families=["BUY", "EXCHANGE"], stock=True, unique=True, budget=False, none=0.03,
+                items=4, pending=0.5, swapped=True),
 }
 
 
@@ -126,10 +131,14 @@ def build_world(seed, level="L2"):
     lv = LEVELS[level]
     family = rng.choice(lv["families"])
     user = f"u{rng.randint(1, 9)}"
+    swapped = lv.get("swapped", False)  # OOD: each family takes the other family's categories
     if family == "BUY":
-        qty, color, cat = rng.randint(1, lv["max_qty"]), rng.choice(COLORS), rng.choice(BUY_CATEGORIES)
+        qty, color = rng.randint(1, lv["max_qty"]), rng.choice(COLORS)
+        cat = rng.choice(SIZED_CATEGORIES if swapped else BUY_CATEGORIES)
         none = rng.random() < lv["none"]
         rows, target = _catalogue(rng, lv["rows"], color, qty, none=none, stock=lv["stock"], unique=lv["unique"])
+        for r in rows if swapped else []:  # a sized item's rows show a size; the request names none, so any fits
+            r.size = rng.choice(SIZES)
         total = target.price * qty if target else rng.randint(20, 150)
         w = World(family, user, _pay_threshold(rng, total), cat, rows, qty=qty, color=color)
         if lv["budget"] and target:  # over budget makes it a `none` world too, at the level's share
@@ -146,7 +155,7 @@ def build_world(seed, level="L2"):
         order = Order(oid, status, rng.choice(["gift", "card"]), items)
         mode = rng.choice(items).color if lv["unique"] else rng.choice(["priciest", "cheapest"])
         return World(family, user, rng.randint(0, 150), "", [], {oid: order}, mode=mode, order_id=oid)
-    cat, size = rng.choice(SIZED_CATEGORIES), rng.choice(SIZES)
+    cat, size = rng.choice(BUY_CATEGORIES if swapped else SIZED_CATEGORIES), "" if swapped else rng.choice(SIZES)
     old_color, color = rng.sample(COLORS, 2)
     rows, target = _catalogue(rng, lv["rows"], color, 1, size=size, unique=lv["unique"])
     old_ids = [i for i in ITEM_IDS if i not in {r.id for r in rows}]

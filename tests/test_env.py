@@ -58,10 +58,11 @@ def heuristic_plan(world, pick, pay):
     return plan[:-2] + [write]
 
 
+@pytest.mark.parametrize("level", ["L2", "OOD"])
 @pytest.mark.parametrize("pick", ["cheapest_of_colour", "cheapest", "priciest", "first", "random"])
 @pytest.mark.parametrize("pay", ["card", "gift"])
-def test_g3_shallow_heuristics_stay_weak(pick, pay):
-    env, wins, n = make("toy_shop", "L2"), 0.0, 1500
+def test_g3_shallow_heuristics_stay_weak(pick, pay, level):
+    env, wins, n = make("toy_shop", level), 0.0, 1500
     for seed in range(n):
         env.reset(seed)
         obs = ""
