@@ -109,6 +109,8 @@ def main(argv=None):
     cfg = parse_args(Config(), argv)
     if cfg.kl not in ("loss", "reward", "token"):
         raise SystemExit(f"error: --kl must be loss, reward or token, got {cfg.kl!r}")
+    if cfg.teacher not in ("shared", "frozen"):
+        raise SystemExit(f"error: --teacher must be shared or frozen, got {cfg.teacher!r}")
     pool, with_pi = pi_tasks(cfg)
     run = Run(cfg, "opsd")
     model, ckpt = run.load_model()

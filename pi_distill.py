@@ -185,6 +185,8 @@ def main(argv=None):
         raise SystemExit(f"error: --alpha must lie in [0, 1], got {cfg.alpha}")
     if cfg.student_kl not in ("loss", "reward"):
         raise SystemExit(f"error: --student_kl must be loss or reward, got {cfg.student_kl!r}")
+    if cfg.teacher not in ("shared", "frozen"):
+        raise SystemExit(f"error: --teacher must be shared or frozen, got {cfg.teacher!r}")
     if cfg.teacher != "shared" and cfg.alpha > 0:
         raise SystemExit("error: --teacher frozen trains no teacher view; it needs --alpha 0")
     pool, with_pi = pi_tasks(cfg)

@@ -247,3 +247,33 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "distill_round", real_round)
     D.main(args + ["--run", "resumed", "--resume", "1"])
     assert logged(tmp_path, "resumed") == logged(tmp_path, "straight")
+
+
+def test_frozen_teacher_is_the_start_and_never_moves(tmp_path, monkeypatch):
+    """--teacher frozen: the teacher view is played and scored by a copy of the run's start (also on --resume) that
+    takes no gradient; a round moves the student's weights and not the teacher's. It needs α = 0."""
+    import run as R
+
+    monkeypatch.chdir(tmp_path)
+    start = init_checkpoint(tmp_path)
+    cfg = D.Config(init=str(tmp_path / "init.pt"), alpha=0.0, teacher="frozen", tasks=2, n_tasks=4, lr=1e-2)
+    run = R.Run(cfg, "pi_distill")
+    model, _ = run.load_model()
+    teacher = run.teacher(model, cfg.teacher)
+    assert teacher is not model and not any(p.requires_grad for p in teacher.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    g = torch.Generator().manual_seed(0)
+    D.distill_round(model, opt, cfg, [0, 1], lambda s: True, 0.0, g, teacher)
+    for a, b, c in zip(start.state_dict().values(), teacher.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(start.state_dict().values(), model.state_dict().values()))
+    run.save(model, {"opt": opt}, "rl", 1)
+    resumed = R.Run(D.Config(**{**cfg.__dict__, "resume": True}), "pi_distill")
+    again, _ = resumed.load_model()
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(),
+                                                  resumed.teacher(again, "frozen").state_dict().values()))
+    assert run.teacher(model, "shared") is model
+    for argv, message in ((["--teacher", "frozen"], "--teacher frozen trains no teacher view; it needs --alpha 0"),
+                          (["--alpha", "0", "--teacher", "ema"], "--teacher must be shared or frozen")):
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            D.main(["--init", str(tmp_path / "init.pt"), "--run", "bad", *argv])
