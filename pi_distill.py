@@ -20,7 +20,9 @@ Deviations (each measured; docs/deviations.md):
 - the student's advantage is R − group mean, and its KL is Eq. 3's loss term, not folded into its reward
   (`--student_kl reward` runs Algorithm 1 as written: the student did not learn);
 - the student's off-policy ratio is also capped at DUAL_CLIP where A < 0 (dual-clip PPO);
-- α is at its value from the first round (`--alpha_warmup N`: the paper's linear rise over N rounds).
+- α is at its value from the first round (`--alpha_warmup N`: the paper's linear rise over N rounds);
+- at α = 0 nothing trains the teacher view, and a fixed copy of the start plays it (`--teacher auto`): sharing the
+  student's drifting weights, it collapsed on every seed (`--teacher shared` runs it; docs/experiments.md).
 Speed, not a change of the algorithm: each distinct teacher episode is scored and trained once, weighted by its
 copies in its group (rollout.distinct, View): the same loss and gradient as the full batch (tested).
 """
@@ -51,7 +53,7 @@ class Config(RunConfig):
     alpha_warmup: int = 0  # rounds of the paper's linear rise of α from 0 (0: α from the first round)
     beta: float = 0.25  # weight of the KL between the views: in the teacher's reward and in the student's loss
     student_kl: str = "loss"  # loss: Eq. 3's KL term in the student loss | reward: folded into its reward (Alg. 1)
-    teacher: str = "shared"  # weights of the teacher view: shared (the paper) | frozen (the start's, α = 0 only)
+    teacher: str = "auto"  # weights of the teacher view: shared (the paper) | frozen (the start's, α = 0) | auto
     steps: int = 400  # sampling rounds
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task (the group size)
@@ -185,14 +187,15 @@ def main(argv=None):
         raise SystemExit(f"error: --alpha must lie in [0, 1], got {cfg.alpha}")
     if cfg.student_kl not in ("loss", "reward"):
         raise SystemExit(f"error: --student_kl must be loss or reward, got {cfg.student_kl!r}")
-    if cfg.teacher not in ("shared", "frozen"):
-        raise SystemExit(f"error: --teacher must be shared or frozen, got {cfg.teacher!r}")
-    if cfg.teacher != "shared" and cfg.alpha > 0:
+    if cfg.teacher not in ("auto", "shared", "frozen"):
+        raise SystemExit(f"error: --teacher must be auto, shared or frozen, got {cfg.teacher!r}")
+    if cfg.teacher == "frozen" and cfg.alpha > 0:
         raise SystemExit("error: --teacher frozen trains no teacher view; it needs --alpha 0")
+    kind = cfg.teacher if cfg.teacher != "auto" else "frozen" if cfg.alpha == 0 else "shared"
     pool, with_pi = pi_tasks(cfg)
     run = Run(cfg, "pi_distill")
     model, ckpt = run.load_model()
-    teacher = run.teacher(model, cfg.teacher)
+    teacher = run.teacher(model, kind)
     opts = {"opt": torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))}
     phase, step = run.restore(ckpt, opts) if cfg.resume else ("rl", 0)
     test, train = list(TEST_SEEDS), list(TRAIN_SEEDS)
@@ -226,7 +229,7 @@ def main(argv=None):
         method = label("RL (π-Distill script, no PI)", cfg, ("pi_coverage",))
     model.eval()
     return run.finish(method, heldout_success=final["heldout_success"], teacher_pi_success=final["teacher_pi_success"],
-                      n=cfg.final_n, **transfer(model, cfg.final_n))
+                      n=cfg.final_n, teacher=kind, **transfer(model, cfg.final_n))
 
 
 if __name__ == "__main__":

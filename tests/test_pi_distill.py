@@ -274,6 +274,6 @@ def test_frozen_teacher_is_the_start_and_never_moves(tmp_path, monkeypatch):
                                                   resumed.teacher(again, "frozen").state_dict().values()))
     assert run.teacher(model, "shared") is model
     for argv, message in ((["--teacher", "frozen"], "--teacher frozen trains no teacher view; it needs --alpha 0"),
-                          (["--alpha", "0", "--teacher", "ema"], "--teacher must be shared or frozen")):
+                          (["--alpha", "0", "--teacher", "ema"], "--teacher must be auto, shared or frozen")):
         with pytest.raises(SystemExit, match=re.escape(message)):
             D.main(["--init", str(tmp_path / "init.pt"), "--run", "bad", *argv])
