@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from config import parse_args
 
 ROW_ORDER = ["base", "SFT w/ CoT", "SFT w/o CoT", "RL", "RL (π-Distill script, no PI)", "SFT w/o CoT + RL",
-             "SFT w/ CoT + RL", "OPSD", "π-Distill α=0", "π-Distill α=0.5", "π-Distill α=1", "expert"]
-# the paper's Table 1 order, with plain GRPO at π-Distill's budget (its script with --pi_coverage 0) beside RL
+             "SFT w/ CoT + RL", "OPSD", "π-Distill α=0", "π-Distill α=0.5", "π-Distill α=1", "expert",
+             "OPSD (teacher shared, lr 0.0002)", "π-Distill α=0 (teacher shared)"]
+# the paper's Table 1 order, with plain GRPO at π-Distill's budget (its script with --pi_coverage 0) beside RL, and
+# after it the two rows whose teacher view shares the trained weights, as the paper's does (docs/deviations.md)
 
 
 @dataclass
@@ -53,8 +55,9 @@ def collect(runs_dir, results_dir):
     for path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
         with open(path) as f:
             summary = json.load(f)
-        if "ood_success" not in summary:
-            summary = transferred(summary, os.path.join(os.path.dirname(path), "ckpt.pt"))
+        measured = transferred(summary, os.path.join(os.path.dirname(path), "ckpt.pt"))
+        if measured is not summary:  # measured now: keep the numbers in the run's own summary too
+            summary = measured
             with open(path + ".tmp", "w") as f:
                 json.dump(summary, f, indent=1, ensure_ascii=False)
             os.replace(path + ".tmp", path)

@@ -21,7 +21,7 @@ import regex
 import tiktoken
 
 from env import PI_FORMS, expert_act, make, render
-from worlds import ITEM_IDS, LEVELS
+from worlds import ITEM_IDS
 
 RANKS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizer.ranks")
 SPECIALS = ["<|sys|>", "<|pi|>", "<|/pi|>", "<|user|>", "<|agent|>", "<|tool|>", "<|think|>", "<|/think|>",
@@ -33,10 +33,14 @@ VOCAB_TARGET = 640  # bytes + ids + merges + specials; also the model's vocab_si
 EXTRA_TEXT = "price stock calc min max rows of colour size count = + - * > < >= <=\n"
 
 
+TRAINING_LEVELS = ("L1", "L2", "L3")
+
+
 def training_text(n_seeds=300):
-    """Expert episodes of every level, in the student view and every teacher view, with and without CoT."""
+    """Expert episodes of the training levels L1-L3, in the student view and every teacher view, with and without
+    CoT. The OOD split is left out on purpose: its text is made of these tokens (tests/test_ood.py)."""
     parts = [EXTRA_TEXT]
-    for level in LEVELS:
+    for level in TRAINING_LEVELS:
         env = make("toy_shop", level)
         for seed in range(n_seeds):
             env.reset(2_000_000 + seed)  # a seed range no experiment uses

@@ -12,8 +12,10 @@ def summaries(tmp_path):
     """A results/ folder as report.collect writes it: base.json and one file per run."""
     res = tmp_path / "results"
     res.mkdir()
-    (res / "base.json").write_text(json.dumps({"base": 0.05, "expert": 1.0, "n": 500}))
-    runs = [("RL", 0.2, {"curve": {"rl 50": 0.1}}), ("RL", 0.4, {}),
+    (res / "base.json").write_text(json.dumps({"base": 0.05, "expert": 1.0, "n": 500, "ood_success": 0.02,
+                                               "reading": 0.6, "expert_ood": 1.0}))
+    runs = [("RL", 0.2, {"curve": {"rl 50": 0.1}, "ood_success": 0.1, "reading": 0.5}),
+            ("RL", 0.4, {"ood_success": 0.2, "reading": 0.4}),
             ("π-Distill α=0.5", 0.7, {"teacher_pi_success": 0.9, "wall_clock_s": 300}), ("my ablation", 0.1, {})]
     for i, (method, success, extra) in enumerate(runs):
         (res / f"run{i}.json").write_text(json.dumps({"run": f"run{i}", "method": method, "heldout_success": success,
@@ -25,10 +27,11 @@ def test_results_table_from_summaries(tmp_path):
     rows = R.load(str(summaries(tmp_path)))
     table = R.results_table(rows, R.ROW_ORDER + sorted(set(rows) - set(R.ROW_ORDER))).splitlines()
     assert table[0].startswith("| method | held-out success % (greedy, 500 tasks)")
-    assert "| base | 5.0 | - |  |  |" in table and "| expert | 100.0 | - |  |  |" in table
-    assert "| RL | 30.0 ± 14.1 | 2: 20.0 / 40.0 |  |  |" in table
-    assert "| π-Distill α=0.5 | 70.0 | 1: 70.0 | 90.0 | 5.0 |" in table
-    assert "| OPSD | not in results/ | 0 | | |" in table and table[-1] == "| my ablation | 10.0 | 1: 10.0 |  |  |"
+    assert "| base | 5.0 | - | 2.0 | 60.0 |  |  |" in table and "| expert | 100.0 | - | 100.0 |  |  |  |" in table
+    assert "| RL | 30.0 ± 14.1 | 2: 20.0 / 40.0 | 15.0 ± 7.1 | 45.0 ± 7.1 |  |  |" in table
+    assert "| π-Distill α=0.5 | 70.0 | 1: 70.0 |  |  | 90.0 | 5.0 |" in table
+    assert "| OPSD | not in results/ | 0 | | | | |" in table
+    assert table[-1] == "| my ablation | 10.0 | 1: 10.0 |  |  |  |  |"
 
 
 def test_learning_curves_and_collect(tmp_path):
