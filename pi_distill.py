@@ -53,7 +53,7 @@ class Config(RunConfig):
     alpha_warmup: int = 0  # rounds of the paper's linear rise of α from 0 (0: α from the first round)
     beta: float = 0.25  # weight of the KL between the views: in the teacher's reward and in the student's loss
     student_kl: str = "loss"  # loss: Eq. 3's KL term in the student loss | reward: folded into its reward (Alg. 1)
-    teacher: str = "auto"  # weights of the teacher view: shared (the paper) | frozen (the start's, α = 0) | auto
+    teacher: str = "auto"  # teacher view's weights: auto (frozen at α = 0, else shared) | shared (paper) | frozen
     steps: int = 400  # sampling rounds
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task (the group size)

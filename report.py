@@ -121,7 +121,8 @@ def results_table(rows, methods, n=500):
             continue
         teacher = [r["teacher_pi_success"] for r in runs if "teacher_pi_success" in r]
         minutes = [r["wall_clock_s"] / 60 for r in runs if "wall_clock_s" in r]
-        ood, read = [r["ood_success"] for r in runs if "ood_success" in r], [r["reading"] for r in runs if "reading" in r]
+        ood = [r["ood_success"] for r in runs if "ood_success" in r]
+        read = [r["reading"] for r in runs if "reading" in r]
         each = ("-" if method in ("base", "expert") else
                 f"{len(runs)}: " + " / ".join(f"{100 * r['heldout_success']:.1f}" for r in runs))
         lines.append(f"| {method} | {cell([r['heldout_success'] for r in runs])} | {each} | "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every run behind the results tables (docs/results.md and the README's rows), then the tables themselves: about 3½
+# Every run behind the results tables (docs/results.md and the README's rows), then the tables themselves: about 4½
 # hours on a 2-core CPU, two runs side by side with one thread each. Rebuild only the tables from the shipped
 # summaries: python report.py. Start with no out/ folder (a fresh clone, or move the old one away): a run refuses a
 # folder that already holds one. The base model itself: python pretrain.py (two runs, about 2 hours).
@@ -13,14 +13,17 @@ for seed in 0 1 2; do
   python sft_rl_baseline.py --cot 1 --seed $seed &                 # SFT w/ CoT + RL
   python sft_rl_baseline.py --cot 0 --seed $seed                   # SFT w/o CoT + RL
   wait
+  python sft_rl_baseline.py --cot 1 --rl_steps 0 --seed $seed &    # SFT w/ CoT
+  python sft_rl_baseline.py --cot 0 --rl_steps 0 --seed $seed      # SFT w/o CoT
+  wait
+  python pi_distill.py --alpha 1 --seed $seed &                    # π-Distill α=1
+  python opsd.py --seed $seed                                      # OPSD (frozen teacher)
+  wait
+  python pi_distill.py --alpha 0 --seed $seed &                    # π-Distill α=0 (frozen teacher)
+  python pi_distill.py --pi_coverage 0 --seed $seed                # π-Distill's script without PI: plain GRPO
+  wait
+  python opsd.py --teacher shared --lr 2e-4 --seed $seed &         # OPSD on the shared network (collapses)
+  python pi_distill.py --alpha 0 --teacher shared --seed $seed     # α=0 on the shared network (collapses; ~35 min)
+  wait
 done
-python sft_rl_baseline.py --cot 1 --rl_steps 0 &                   # SFT w/ CoT
-python sft_rl_baseline.py --cot 0 --rl_steps 0                     # SFT w/o CoT
-wait
-python pi_distill.py --alpha 1 &                                   # π-Distill α=1
-python opsd.py                                                     # OPSD
-wait
-python pi_distill.py --alpha 0 &                                   # π-Distill α=0 (collapses; about an hour)
-python pi_distill.py --pi_coverage 0                               # π-Distill's script without PI: plain GRPO
-wait
 python report.py --collect out

@@ -17,7 +17,8 @@ def test_departures_find_the_first_turn_that_leaves_the_expert():
             if env.done:
                 break
             off = wrong_at is not None and turn >= wrong_at  # from the wrong turn on, the expert cannot read on
-            env.step("profile u0" if off and turn == wrong_at else "say none" if off else expert_act(render(env.history)))
+            wrong = "profile u0" if turn == wrong_at else "say none"
+            env.step(wrong if off else expert_act(render(env.history)))
         envs.append(env)
     n_turns = sum(role == "agent" for role, _ in envs[2].history)
     assert departures(SimpleNamespace(envs=envs)) == [0, 2, n_turns]

@@ -42,7 +42,8 @@ def test_sampled_log_ratio_is_the_one_sample_kl_estimate():
     """--kl token's penalty: log p_S(a) − log p_T(a) by hand at given tokens, and, with a ~ p_S, an unbiased
     estimate of the exact KL(p_S ‖ p_T) (mean of 200,000 draws within 0.01 nats)."""
     g = torch.Generator().manual_seed(1)
-    lp_s, lp_t = torch.log_softmax(torch.randn(2, 5, generator=g), -1), torch.log_softmax(torch.randn(2, 5, generator=g), -1)
+    lp_s = torch.log_softmax(torch.randn(2, 5, generator=g), -1)
+    lp_t = torch.log_softmax(torch.randn(2, 5, generator=g), -1)
     tokens = torch.tensor([3, 0])
     want = [math.log(lp_s[0, 3].exp() / lp_t[0, 3].exp()), math.log(lp_s[1, 0].exp() / lp_t[1, 0].exp())]
     assert torch.allclose(O.sampled_log_ratio(lp_s, lp_t, tokens), torch.tensor(want), atol=1e-5)
