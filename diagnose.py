@@ -2,8 +2,9 @@
 round by round, in the first rounds of OPSD or π-Distill. The measurement behind docs/experiments.md's collapse
 entries.
 
-    python diagnose.py opsd --rounds 30                 # OPSD at its defaults
-    python diagnose.py pi_distill --alpha 0 --rounds 40  # the student term alone
+    python diagnose.py opsd --teacher shared --lr 2e-4 --rounds 30     # OPSD on the shared network: the collapse
+    python diagnose.py pi_distill --alpha 0 --teacher shared --rounds 40  # the student term alone, shared
+    python diagnose.py opsd --rounds 30                                  # OPSD at its defaults (frozen teacher)
 
 The first argument names the script; the rest are that script's options, plus --rounds. The script's own round
 function trains the model, so the rounds are the run's rounds; after each, on the round's episodes (the student's
@@ -89,7 +90,6 @@ def anatomy(model, teacher, played, pi, reverse):
     (ids_s, mask_s, _), (ids_t, mask_t, _) = trimmed(s_ep, device), trimmed(t_ep, device)
     with torch.no_grad():
         lp_t = vocab_logprobs(teacher(ids_t)[0], mask_t)
-    model.zero_grad(set_to_none=True)
     lp_s = vocab_logprobs(model(ids_s)[0], mask_s)
     kl = kl_div(lp_s, lp_t) if reverse else kl_div(lp_t, lp_s)  # (N,) the teacher side detached
     first_off = departures(played)
@@ -127,7 +127,7 @@ def main(argv=None):
     pool, with_pi = pi_tasks(cfg)
     run = Run(cfg, f"diagnose_{argv[0]}")
     model, _ = run.load_model()
-    teacher = run.teacher(model, cfg.teacher)
+    teacher = run.teacher(model, pi_distill.teacher_kind(cfg) if script is pi_distill else cfg.teacher)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     probe = list(TRAIN_SEEDS[:64])
     with open(os.path.join(run.dir, "diagnose.jsonl"), "w") as f:

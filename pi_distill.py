@@ -61,6 +61,11 @@ class Config(RunConfig):
     grad_steps: int = 2  # gradient steps per round on the same episodes
 
 
+def teacher_kind(cfg):
+    """--teacher auto: frozen at α = 0, where nothing trains the teacher view, else shared (docs/deviations.md)."""
+    return cfg.teacher if cfg.teacher != "auto" else "frozen" if cfg.alpha == 0 else "shared"
+
+
 def alpha_at(step, cfg):
     """α at round `step`: its value, or with `alpha_warmup` the paper's linear rise from 0 (0 < α < 1)."""
     if 0 < cfg.alpha < 1 and cfg.alpha_warmup > 0:
@@ -191,7 +196,7 @@ def main(argv=None):
         raise SystemExit(f"error: --teacher must be auto, shared or frozen, got {cfg.teacher!r}")
     if cfg.teacher == "frozen" and cfg.alpha > 0:
         raise SystemExit("error: --teacher frozen trains no teacher view; it needs --alpha 0")
-    kind = cfg.teacher if cfg.teacher != "auto" else "frozen" if cfg.alpha == 0 else "shared"
+    kind = teacher_kind(cfg)
     pool, with_pi = pi_tasks(cfg)
     run = Run(cfg, "pi_distill")
     model, ckpt = run.load_model()

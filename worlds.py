@@ -1,6 +1,6 @@
 """toy_shop's worlds: each seed builds one from its own random.Random — a catalogue of rows with per-episode ids,
-users with gift balances, an order — at one of three levels (docs/env.md). Pure data, no tools and no rendering:
-env.py acts on a World, the expert plans from it.
+users with gift balances, an order — at one of the levels L1-L3 or on the OOD split (docs/env.md). Pure data, no
+tools and no rendering: env.py acts on a World, the expert plans from it.
 """
 
 import random
@@ -20,9 +20,9 @@ LEVELS = {  # rows per search, max qty, families, stock filter, unique answer (n
                none=0.03, items=4, pending=0.5),
     "L3": dict(rows=7, max_qty=3, families=["BUY", "RETURN", "EXCHANGE"], stock=True, unique=False, budget=True,
                none=0.10, items=5, pending=0.3),
-    # out of distribution (docs/env.md, "The OOD split"): L2's rules and request forms on category-family pairs L2
-    # never draws — a BUY of a sized item (shirt, shoe), an EXCHANGE of an unsized one (mug, lamp, ...) — and
-    # longer tables; no RETURN (its requests would repeat L2's)
+    # out of distribution (docs/env.md, "The OOD split"): L2's rules, tables and request forms on category-family
+    # pairs L2 never draws — a BUY of a sized item (shirt, shoe), an EXCHANGE of an unsized one (mug, lamp, ...);
+    # no RETURN (its requests would repeat L2's)
     "OOD": dict(rows=5, max_qty=1, families=["BUY", "EXCHANGE"], stock=True, unique=True, budget=False, none=0.03,
                 items=4, pending=0.5, swapped=True),
 }
