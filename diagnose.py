@@ -93,7 +93,7 @@ def anatomy(model, teacher, played, pi, reverse):
     lp_s = vocab_logprobs(model(ids_s)[0], mask_s)
     kl = kl_div(lp_s, lp_t) if reverse else kl_div(lp_t, lp_s)  # (N,) the teacher side detached
     first_off = departures(played)
-    part, kind = token_classes(s_ep.mask[:, : ids_s.size(1)], first_off)
+    part, kind = token_classes(mask_s.cpu(), first_off)
     out = {"kl_token": kl.mean().item(),
            "entropy_student": -(lp_s.exp() * lp_s).sum(-1).mean().item(),
            "entropy_teacher": -(lp_t.exp() * lp_t).sum(-1).mean().item()}

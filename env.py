@@ -153,8 +153,8 @@ def expert_act(transcript, cot=False, style="draft"):
         return f"search {cat}"
     if n == 4:
         return f"say {tools[3].split(' ')[1]} {tools[3].split(' ')[2]}"
-    old_id, *_, old_price = items.split()  # `id category colour [size] price`: an unsized item (OOD) has no size
-    size = items.split()[3] if len(items.split()) == 5 else ""
+    fields = items.split()  # `id category colour [size] price`: an unsized item (OOD) has no size
+    old_id, old_price, size = fields[0], fields[-1], fields[3] if len(fields) == 5 else ""
     color = words[11]
     rows = [(i, c, z, int(p), int(s)) for i, c, z, p, s in ROW_RE.findall(tools[2])]
     notes = [f"{i} {z} {p} st{s} {'ok' if z == size and s >= 1 else 'no'}" for i, c, z, p, s in rows if c == color]

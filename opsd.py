@@ -76,7 +76,7 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator, teacher=None):
     ids, mask, logp_old = trimmed(ep, device)
     with_pi = torch.tensor([has_pi(s) for s in seeds]).repeat_interleave(K)  # (B,)
     kl_mask = mask * with_pi[:, None].to(device)  # the KL term only where the task has PI
-    lp_t, kl_seq, log_ratio = None, torch.zeros(len(with_pi)), torch.zeros_like(mask)
+    lp_t, kl_seq, log_ratio = None, torch.zeros(len(with_pi)), None
     if with_pi.any():
         with torch.no_grad():  # sg π^T: the teacher's full log-softmax at every student-sampled agent token
             tv_ids, tv_mask, _ = trimmed(teacher_view(played, cfg.pi), device)
@@ -85,7 +85,9 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator, teacher=None):
             per_token = reverse_kl(lp_s, lp_t)
             rows = torch.arange(len(with_pi)).repeat_interleave(kl_mask.sum(1).long().cpu())
             kl_seq = torch.zeros(len(with_pi)).index_add_(0, rows, per_token.cpu())
-            log_ratio[kl_mask.bool()] = sampled_log_ratio(lp_s, lp_t, ids[kl_mask.bool()])
+            if cfg.kl == "token":  # (B, T): the penalty at each sampled agent token of a PI episode, 0 elsewhere
+                log_ratio = torch.zeros_like(mask)
+                log_ratio[kl_mask.bool()] = sampled_log_ratio(lp_s, lp_t, ids[kl_mask.bool()])
     reward = played.rewards - (cfg.beta * kl_seq if cfg.kl == "reward" else 0.0)
     adv, keep = centred_advantages(reward, K)
     stats = {"success": played.rewards.mean().item(), "reward": reward.mean().item(),
@@ -94,7 +96,7 @@ def opsd_round(model, opt, cfg, seeds, has_pi, generator, teacher=None):
     model.train()
     grpo_mask = mask * keep[:, None].to(device)  # GRPO on informative groups only; the KL on every PI episode
     adv = adv.to(device)
-    if cfg.kl == "token":  # every PI episode's tokens carry their own penalty, informative group or not
+    if log_ratio is not None:  # --kl token: every PI episode's tokens carry their own penalty, informative or not
         adv, grpo_mask = adv[:, None] - cfg.beta * log_ratio, torch.maximum(grpo_mask, kl_mask)
     n_tokens = mask.sum().clamp_min(1)  # the round's agent tokens: every script's normalisation
     if not grpo_mask.any() and (cfg.kl != "loss" or lp_t is None):

@@ -137,8 +137,9 @@ def build_world(seed, level="L2"):
         cat = rng.choice(SIZED_CATEGORIES if swapped else BUY_CATEGORIES)
         none = rng.random() < lv["none"]
         rows, target = _catalogue(rng, lv["rows"], color, qty, none=none, stock=lv["stock"], unique=lv["unique"])
-        for r in rows if swapped else []:  # a sized item's rows show a size; the request names none, so any fits
-            r.size = rng.choice(SIZES)
+        if swapped:  # a sized item's rows show a size; the request names none, so any fits
+            for r in rows:
+                r.size = rng.choice(SIZES)
         total = target.price * qty if target else rng.randint(20, 150)
         w = World(family, user, _pay_threshold(rng, total), cat, rows, qty=qty, color=color)
         if lv["budget"] and target:  # over budget makes it a `none` world too, at the level's share
