@@ -80,36 +80,61 @@ def apply_rotary(x, cos, sin):
 
 
 class KVCache:
-    """Keys and values of every layer for B rows that advance in lockstep (all rows share one position `pos`).
+    """Keys and values of every layer for B rows, each row with its own filled length `lengths[b]`.
 
-    Preallocated to `max_len` so a decode step writes in place. `keep(rows)` drops finished rows so their compute
-    stops; `repeat(k)` turns the cache of G prefilled prompts into G*K rows (the K samples of each group).
+    A forward with the cache feeds each row a chunk of new tokens (rows may feed different numbers, the rest of the
+    chunk is padding), written in place at positions lengths[b], lengths[b] + 1, ...; padding writes go to a spare
+    slot after the last position, which no query ever sees. `keep(rows)` drops
+    finished rows so their compute stops; `repeat(k)` turns the cache of G prefilled prompts into G*K rows (the K
+    samples of each group).
     """
 
     def __init__(self, config, batch_size, max_len, device, dtype=torch.float32):
-        head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0  # how many positions are filled
+        self.shape = (config.n_layer, batch_size, config.n_head, 0, config.n_embd // config.n_head)
+        self.k = self.v = torch.zeros(self.shape, device=device, dtype=dtype)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # positions filled, per row
+        self.max_len = max_len
 
-    def update(self, layer, k, v):
-        """Store this step's k, v (B, H, T, D) of one layer; return all keys and values so far."""
-        t0, t1 = self.pos, self.pos + k.size(2)
-        if t1 > self.k.size(3):
-            raise ValueError(f"KV cache overflow: {t1} positions > max_len {self.k.size(3)}")
-        self.k[layer, :, :, t0:t1] = k
-        self.v[layer, :, :, t0:t1] = v
-        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
+    def grow(self, end):
+        """Room for `end` positions and the spare slot after them: capacity doubles as the rows lengthen, so that
+        `keep` copies what is filled rather than max_len positions."""
+        cap = self.k.size(3) - 1
+        if end <= cap:
+            return
+        new_cap = min(self.max_len, max(2 * cap, end, 32))
+        shape = (*self.k.shape[:3], new_cap + 1, self.k.size(4))
+        k, v = (torch.zeros(shape, device=self.k.device, dtype=self.k.dtype) for _ in range(2))
+        if cap > 0:
+            k[:, :, :, :cap], v[:, :, :, :cap] = self.k[:, :, :, :cap], self.v[:, :, :, :cap]
+        self.k, self.v = k, v
+
+    def slots(self, n_new, T):
+        """Where a chunk of T tokens, of which row b's first n_new[b] are real, is written: (B, T) positions, the
+        spare slot for padding; and the number of positions attention looks at. Raises on overflow."""
+        positions = self.lengths[:, None] + torch.arange(T, device=self.lengths.device)
+        real = torch.arange(T, device=self.lengths.device) < n_new[:, None]
+        end = int((self.lengths + n_new).max())
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
+        self.grow(end)
+        return positions, torch.where(real, positions, self.k.size(3) - 1), end
+
+    def update(self, layer, k, v, slots, end):
+        """Store a chunk's k, v (B, H, T, D) of one layer at `slots` (B, T); return keys and values 0..end-1."""
+        index = slots[:, None, :, None].expand(-1, k.size(1), -1, k.size(3))
+        self.k[layer].scatter_(2, index, k)
+        self.v[layer].scatter_(2, index, v)
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def keep(self, rows):
         """Keep only the given rows (a LongTensor of indices), in that order."""
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.k, self.v, self.lengths = self.k[:, rows], self.v[:, rows], self.lengths[rows]
 
     def repeat(self, k):
         """Each row becomes k consecutive identical rows: a prompt prefilled once serves its whole group."""
         self.k = self.k.repeat_interleave(k, dim=1)
         self.v = self.v.repeat_interleave(k, dim=1)
+        self.lengths = self.lengths.repeat_interleave(k)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,21 +148,18 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache):
+    def forward(self, x, cos, sin, cache=None):
+        """x (B, T, C). `cache`: None (plain causal attention) or (KVCache, slots, end, mask) for a cached chunk,
+        where mask (B, 1, T, end) says which cached positions each query sees."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        past = 0
-        if kv_cache is not None:
-            past = kv_cache.pos
-            k, v = kv_cache.update(self.layer, k, v)
-        if past == 0:  # prefill or plain forward: ordinary causal attention
+        if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:  # one decode step: the new token sees everything cached
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # a chunk after a cache: query i (absolute past+i) sees keys 0..past+i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        else:
+            kv_cache, slots, end, mask = cache
+            k, v = kv_cache.update(self.layer, k, v, slots, end)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
@@ -160,8 +182,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=False)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, kv_cache):
-        x = x + self.attn(self.ln_1(x), cos, sin, kv_cache)
+    def forward(self, x, cos, sin, cache):
+        x = x + self.attn(self.ln_1(x), cos, sin, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -186,23 +208,33 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # the tied embedding counts once
 
-    def forward(self, idx, targets=None, kv_cache=None):
+    def forward(self, idx, targets=None, kv_cache=None, n_new=None):
         """idx (B, T) -> logits (B, T, V) for every position, and the mean next-token loss over targets != -1.
 
-        `targets[b, t]` is the token that should follow idx[b, :t+1] (the caller shifts). With `kv_cache`, idx
-        continues the cached positions and the cache advances by T.
+        `targets[b, t]` is the token that should follow idx[b, :t+1] (the caller shifts). With `kv_cache`, row b of
+        idx continues that row's cached positions: its first n_new[b] tokens are real (default: all T), the rest is
+        padding whose logits mean nothing, and the row's cache advances by n_new[b].
         """
         B, T = idx.shape
-        past = kv_cache.pos if kv_cache is not None else 0
-        if past + T > self.config.block_size:
-            raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
-        cos = self.cos[past : past + T].to(self.wte.weight.dtype)
-        sin = self.sin[past : past + T].to(self.wte.weight.dtype)
+        cache, dtype = None, self.wte.weight.dtype
+        if kv_cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            cos, sin = self.cos[:T].to(dtype), self.sin[:T].to(dtype)
+        else:
+            n_new = torch.full((B,), T, device=idx.device) if n_new is None else n_new
+            positions, slots, end = kv_cache.slots(n_new, T)
+            if end > self.config.block_size:
+                raise ValueError(f"sequence of {end} tokens exceeds block_size {self.config.block_size}")
+            at = positions.clamp_max(self.config.block_size - 1)  # padding may point past the end
+            cos, sin = self.cos[at][:, None].to(dtype), self.sin[at][:, None].to(dtype)  # (B, 1, T, D/2)
+            mask = torch.arange(end, device=idx.device) <= positions[:, :, None]  # query at p sees keys 0..p
+            cache = (kv_cache, slots, end, mask[:, None])
         x = self.wte(idx)
         for block in self.blocks:
-            x = block(x, cos, sin, kv_cache)
+            x = block(x, cos, sin, cache)
         if kv_cache is not None:
-            kv_cache.pos += T
+            kv_cache.lengths += n_new
         logits = F.linear(self.ln_f(x), self.wte.weight)  # tied output embedding, (B, T, V)
         loss = None
         if targets is not None:

@@ -1,15 +1,16 @@
 """Batched multi-turn episodes: a KV-cache sampler where the environment's text enters as forced tokens.
 
 An episode is one token stream: prompt (system line, PI line in the teacher view, user request), then agent turns
-the policy samples, each followed by text the policy did not write (tool and user replies). B rows advance in
-lockstep, one position per step. At each step a row either *samples* a token (mask 1) or *consumes a forced token*
-(mask 0) from its queue. When a row's agent turn ends (it sampled a stop token, or the turn hit its length cap) a
-per-row callback reads the turn and returns the forced tokens that follow, and whether the episode is over. The
-environment's reply therefore enters the KV cache one token per step, without re-encoding the context.
+the policy samples, each followed by text the policy did not write (tool and user replies). When a row's agent turn
+ends (it sampled a stop token, or the turn hit its length cap) a per-row callback reads the turn and returns the forced
+tokens that follow, and whether the episode is over. B rows share one KV cache but not one position: at each step
+every row that has no forced tokens waiting samples one token (mask 1), and every row feeds the model what it has
+not fed yet — the sampled token and the reply behind it (mask 0), at most CHUNK tokens, padded to the longest chunk
+of the step. A turn of n sampled tokens and an m-token reply thus costs about n + m / CHUNK steps instead of n + m;
+five in six tokens of a toy_shop episode (prompt and replies) are not the agent's.
 
 Rows come in groups: the K samples of one task share a prompt, which is prefilled once and its cache copied K
-times. Prompts of different groups may differ in length: the common prefix length is prefilled for every group in
-one batched forward, the rest of each prompt is forced token by token. Finished rows drop out of the cache.
+times. Finished rows drop out of the cache.
 
 `generate_plain` is the reference: no cache, a full forward over the whole sequence at every step. The tests hold the
 two equal token for token; bench.py measures how much faster the cache is.
@@ -29,6 +30,7 @@ import tokenizer as tk
 from env import SYS_LINE, make, pi_line
 from model import KVCache, kl_div, vocab_logprobs
 
+CHUNK = 8  # most tokens a row feeds the model per step: every row's chunk is padded to the longest (bench.py)
 TEMPERATURE = 0.75  # the algorithms' sampling temperature: every training script's rollouts and the sampled evals
 
 
@@ -105,41 +107,75 @@ def generate(model, prompts, k=1, *, max_len, on_turn_end=None, stop_ids=(), max
 
     on_turn_end(row, turn_tokens) -> (forced_tokens, done) is called when a row samples a token in `stop_ids` or its
     turn reaches `max_turn_tokens`; without it, a row samples until max_len. `generator` seeds the uniforms: one
-    torch.rand(B) per position, drawn for every row, used or not, so results do not depend on the batch layout.
+    torch.rand(B) per position, drawn in position order for every row, used or not, exactly as generate_plain draws
+    them, so both make the same choices and leave the generator in the same state.
     """
     _check(prompts, k, max_len, model.config.block_size)
-    device = model.wte.weight.device
-    B, start = len(prompts) * k, min(len(p) for p in prompts)
-    rows = _Rows(prompts, k, start, on_turn_end or (lambda r, t: ([], False)), stop_ids, max_turn_tokens or max_len)
+    device, G = model.wte.weight.device, len(prompts)
+    B, start = G * k, min(len(p) for p in prompts)
+    rows = _Rows(prompts, k, max(len(p) for p in prompts), on_turn_end or (lambda r, t: ([], False)), stop_ids,
+                 max_turn_tokens or max_len)  # whole prompts are prefilled: no prompt token waits in a queue
     ids = torch.full((B, max_len), pad_id, dtype=torch.long)
-    ids[:, :start] = torch.tensor([p[:start] for p in prompts]).repeat_interleave(k, dim=0)
     mask, logp = torch.zeros(B, max_len, dtype=torch.long), torch.zeros(B, max_len)
     lengths, done = torch.full((B,), max_len, dtype=torch.long), torch.zeros(B, dtype=torch.bool)
+    uniforms, drawn = torch.zeros(max_len - start, B), 0  # uniforms[t - start]: the draw for position t
 
-    cache = KVCache(model.config, len(prompts), max_len, device, model.wte.weight.dtype)
-    logits, _ = model(ids[::k, :start].to(device), kv_cache=cache)  # the shared prefix, once per group
+    def draw_through(t):
+        nonlocal drawn
+        while drawn <= t - start:
+            uniforms[drawn] = torch.rand(B, generator=generator, device=generator.device if generator else "cpu")
+            drawn += 1
+
+    def forward(chunks, cache):
+        """Feed each row its chunk of tokens (ragged); -> logits (rows, V) after each row's last token."""
+        n = torch.tensor([len(c) for c in chunks])
+        x = torch.full((len(chunks), int(n.max())), pad_id, dtype=torch.long)
+        for i, c in enumerate(chunks):
+            x[i, : len(c)] = torch.tensor(c)
+        logits, _ = model(x.to(device), kv_cache=cache, n_new=n.to(device))
+        return logits[torch.arange(len(chunks), device=device), n.to(device) - 1]
+
+    for g, p in enumerate(prompts):
+        ids[g * k : g * k + k, : len(p)] = torch.tensor(p)
+    cache = KVCache(model.config, G, max_len, device, model.wte.weight.dtype)
+    logits = forward(prompts, cache).repeat_interleave(k, dim=0)  # each prompt prefilled once per group
     cache.repeat(k)
-    logits = logits[:, -1].repeat_interleave(k, dim=0)  # (B, V)
     active = list(range(B))  # rows still running, in cache order
-    for t in range(start, max_len):
-        u = torch.rand(B, generator=generator, device=generator.device if generator else "cpu")
-        sampled, lp = next_token(logits, u[active].to(device), temperature, top_k)
-        keep, step_tokens = [], []
-        for i, (row, s, s_lp) in enumerate(zip(active, sampled.tolist(), lp.tolist())):
-            tok, m, finished = rows.choose(row, s)
-            ids[row, t], mask[row, t], logp[row, t] = tok, m, (s_lp if m else 0.0)
-            if finished:
-                lengths[row], done[row] = t + 1, True
+    pending = [[] for _ in range(B)]  # tokens written to ids but not yet fed to the model
+    pos = [len(prompts[row // k]) for row in range(B)]  # where each row samples next
+    while active:
+        ready = [i for i, row in enumerate(active) if not pending[row]]  # rows whose logits predict pos[row]
+        if ready:
+            draw_through(max(pos[active[i]] for i in ready))
+            at = torch.tensor(ready)
+            u = uniforms[torch.tensor(pos)[active][at] - start, torch.tensor(active)[at]]
+            sampled, lp = next_token(logits[at.to(device)], u.to(device), temperature, top_k)
+        finished = set()
+        for i, s, s_lp in zip(ready, sampled.tolist() if ready else [], lp.tolist() if ready else []):
+            row, t = active[i], pos[active[i]]
+            _, _, ended = rows.choose(row, s)  # the turn bookkeeping; the env's reply lands in the queue
+            forced, rows.queue[row] = rows.queue[row], []
+            end = t + 1 + len(forced)  # the reply is written at once and fed as chunks after the sampled token
+            ids[row, t], mask[row, t], logp[row, t] = s, 1, s_lp
+            ids[row, t + 1 : min(end, max_len)] = torch.tensor(forced[: max_len - t - 1], dtype=torch.long)
+            if ended or (rows.ending[row] and end <= max_len):
+                lengths[row], done[row] = end, True
+                finished.add(i)
+            elif end >= max_len or rows.ending[row]:  # max_len cut the row off: length max_len, done False
+                finished.add(i)
             else:
-                keep.append(i)
-                step_tokens.append(tok)
-        if not keep or t == max_len - 1:
+                pending[row], pos[row] = [s] + forced, end
+        if len(finished) == len(active):
             break
-        if len(keep) < len(active):
+        if finished:
+            keep = [i for i in range(len(active)) if i not in finished]
             cache.keep(torch.tensor(keep, device=device))
             active = [active[i] for i in keep]
-        logits, _ = model(torch.tensor(step_tokens, device=device)[:, None], kv_cache=cache)
-        logits = logits[:, -1]
+        chunks = [pending[row][:CHUNK] for row in active]
+        for row in active:
+            pending[row] = pending[row][CHUNK:]
+        logits = forward(chunks, cache)
+    draw_through(int(lengths.max()) - 1)  # the plain generator draws at every position up to the last row's end
     return Episodes(ids, mask, logp, lengths, done)
 
 

@@ -108,8 +108,27 @@ def test_kv_cache_matches_full_forward():
     cache = KVCache(m.config, 3, 20, "cpu")
     parts = [m(idx[:, :7], kv_cache=cache)[0], m(idx[:, 7:12], kv_cache=cache)[0]]
     parts += [m(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(12, 20)]
-    assert cache.pos == 20
+    assert cache.lengths.tolist() == [20, 20, 20]
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+
+
+def test_kv_cache_ragged_chunks_match_full_forward():
+    """Rows feed different numbers of tokens per call (the rest padding): each real position's logits equal the
+    uncached forward's, and each row's cache advances by its own count."""
+    m = tiny_model()
+    idx = torch.randint(0, V, (3, 20))
+    full, _ = m(idx)
+    cache, done = KVCache(m.config, 3, 20, "cpu"), torch.zeros(3, dtype=torch.long)
+    for counts in ([3, 5, 7], [4, 1, 2], [1, 6, 3], [12, 8, 8]):
+        n = torch.tensor(counts)
+        x = torch.randint(0, V, (3, int(n.max())))  # padding: arbitrary tokens
+        for r in range(3):
+            x[r, : n[r]] = idx[r, done[r] : done[r] + n[r]]
+        logits, _ = m(x, kv_cache=cache, n_new=n)
+        for r in range(3):
+            assert torch.allclose(logits[r, : n[r]], full[r, done[r] : done[r] + n[r]], atol=1e-5)
+        done += n
+    assert cache.lengths.tolist() == done.tolist() == [20, 20, 20]
 
 
 def test_kv_cache_keep_and_repeat():

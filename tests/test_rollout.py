@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import rollout
 from model import GPT, GPTConfig, token_logprobs
 from rollout import generate, generate_plain, next_token
 
@@ -38,23 +39,38 @@ def both(temperature, top_k=None, k=2, seed=7, max_len=60):
         g = torch.Generator().manual_seed(seed)
         ep = sampler(tiny_model(), PROMPTS, k, max_len=max_len, on_turn_end=env, stop_ids=[STOP], max_turn_tokens=6,
                      temperature=temperature, top_k=top_k, generator=g, pad_id=0)
-        out.append((ep, env))
+        out.append((ep, env, g.get_state()))
     return out
 
 
-@pytest.mark.parametrize("temperature, top_k", [(0.0, None), (1.0, None), (0.7, 5)])
-def test_kv_sampler_equals_plain_generator(temperature, top_k):
-    (a, env_a), (b, env_b) = both(temperature, top_k)
+@pytest.mark.parametrize("temperature, top_k, chunk", [(0.0, None, 8), (1.0, None, 8), (0.7, 5, 8), (1.0, None, 1),
+                                                       (0.7, None, 2)])
+def test_kv_sampler_equals_plain_generator(temperature, top_k, chunk, monkeypatch):
+    """Prompts and replies fed whole (chunk 8 here), one token per step (1), or split across steps (2): all equal."""
+    monkeypatch.setattr(rollout, "CHUNK", chunk)
+    (a, env_a, g_a), (b, env_b, g_b) = both(temperature, top_k)
     assert torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask)
     assert torch.equal(a.lengths, b.lengths) and torch.equal(a.done, b.done)
     assert torch.allclose(a.logp, b.logp, atol=1e-5)
     assert env_a.turns == env_b.turns
+    assert torch.equal(g_a, g_b)  # the same uniforms drawn: a later draw from the generator does not depend on which
     # the scenario really exercised what it claims: rows ended at different times, by the callback
     assert a.done.all() and len(set(a.lengths.tolist())) > 2
 
 
+@pytest.mark.parametrize("max_len, chunk", [(14, 8), (17, 8), (21, 2), (26, 3)])
+def test_kv_sampler_equals_plain_generator_when_max_len_cuts_rows(max_len, chunk, monkeypatch):
+    """max_len cuts rows mid-turn and mid-reply (done False, length max_len) while others finish: still equal."""
+    monkeypatch.setattr(rollout, "CHUNK", chunk)
+    (a, env_a, g_a), (b, env_b, g_b) = both(1.0, max_len=max_len)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask)
+    assert torch.equal(a.lengths, b.lengths) and torch.equal(a.done, b.done)
+    assert env_a.turns == env_b.turns and torch.equal(g_a, g_b)
+    assert not a.done.all() and (a.lengths[~a.done] == max_len).all()
+
+
 def test_forced_tokens_masks_and_padding():
-    (ep, env), _ = both(1.0)
+    (ep, env, _), _ = both(1.0)
     for row in range(len(PROMPTS) * 2):
         prompt = PROMPTS[row // 2]
         n = ep.lengths[row].item()
