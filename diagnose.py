@@ -1,6 +1,6 @@
 """The anatomy of a round: where the KL between the views sits, where its gradient goes, and how each view does,
-round by round, in the first rounds of OPSD or π-Distill. The measurement behind docs/experiments.md's collapse
-entries.
+round by round, in the first rounds of OPSD or π-Distill. The measurement behind the collapse entries of
+docs/experiments_collapse.md.
 
     python diagnose.py opsd --teacher shared --lr 2e-4 --rounds 30     # OPSD on the shared network: the collapse
     python diagnose.py pi_distill --alpha 0 --teacher shared --rounds 40  # the student term alone, shared

@@ -51,14 +51,17 @@ class EvalConfig:
 
 
 @torch.no_grad()
-def evaluate(model, seeds, pi=None, level="L2", temperature=0.0, seed=0, batch=128, kl=False, progress=False):
+def evaluate(model, seeds, pi=None, level="L2", temperature=0.0, seed=0, batch=128, kl=False, progress=False,
+             pi_seeds=None):
     """One episode per seed in one view: success rate, protocol-error rate (an unparsable turn, or cut off by the
-    context), mean tokens per episode, and with `kl` the mean KL_seq(π^T ‖ π^S) over the (teacher) episodes."""
+    context), mean tokens per episode, and with `kl` the mean KL_seq(π^T ‖ π^S) over the (teacher) episodes.
+    `pi_seeds`: the teacher view is shown these tasks' PI instead of its own (rollout.play)."""
     wins, errors, tokens, kls, envs = 0.0, 0, 0, [], []
     chunks = range(0, len(seeds), batch)
     for i in tqdm(chunks, desc=f"{pi or 'student'}", leave=False, disable=not progress):
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        p = play(model, seeds[i : i + batch], 1, level=level, pi=pi, temperature=temperature, generator=g)
+        p = play(model, seeds[i : i + batch], 1, level=level, pi=pi, temperature=temperature, generator=g,
+                 pi_seeds=None if pi_seeds is None else pi_seeds[i : i + batch])
         wins += p.rewards.sum().item()
         errors += sum(not d or any(t == "error format" for _, t in e.history)
                       for e, d in zip(p.envs, p.episodes.done.tolist()))

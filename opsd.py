@@ -20,7 +20,7 @@ agent tokens. The teacher's log-probs are computed once per round and reused by 
 
 Deviations (docs/deviations.md): the teacher view is played by a fixed copy of the start (`--teacher frozen`, the
 default), because on the shared weights (`--teacher shared`, Eq. 5 as written) the teacher view lost its PI reading
-within 25 rounds on every seed and the student collapsed with it; the learning rate is 4e-4 (docs/experiments.md,
+within 25 rounds on every seed and the student collapsed with it; the learning rate is 4e-4 (docs/experiments_collapse.md,
 "OPSD with a frozen teacher").
 """
 

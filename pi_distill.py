@@ -22,7 +22,7 @@ Deviations (each measured; docs/deviations.md):
 - the student's off-policy ratio is also capped at DUAL_CLIP where A < 0 (dual-clip PPO);
 - α is at its value from the first round (`--alpha_warmup N`: the paper's linear rise over N rounds);
 - at α = 0 nothing trains the teacher view, and a fixed copy of the start plays it (`--teacher auto`): sharing the
-  student's drifting weights, it collapsed on every seed (`--teacher shared` runs it; docs/experiments.md).
+  student's drifting weights, it collapsed on every seed (`--teacher shared` runs it; docs/experiments_collapse.md).
 Speed, not a change of the algorithm: each distinct teacher episode is scored and trained once, weighted by its
 copies in its group (rollout.distinct, View): the same loss and gradient as the full batch (tested).
 """
@@ -58,12 +58,18 @@ class Config(RunConfig):
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task (the group size)
     lr: float = 1e-4  # AdamW learning rate
+    lr_warmup: int = 0  # rounds of linear learning-rate warm-up from 0 (0: the full rate from the first round)
     grad_steps: int = 2  # gradient steps per round on the same episodes
 
 
 def teacher_kind(cfg):
     """--teacher auto: frozen at α = 0, where nothing trains the teacher view, else shared (docs/deviations.md)."""
     return cfg.teacher if cfg.teacher != "auto" else "frozen" if cfg.alpha == 0 else "shared"
+
+
+def lr_at(step, cfg):
+    """The learning rate of round `step` (0-based): `lr`, reached linearly over the first `lr_warmup` rounds."""
+    return cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup) if cfg.lr_warmup > 0 else cfg.lr
 
 
 def alpha_at(step, cfg):
@@ -205,36 +211,42 @@ def main(argv=None):
     phase, step = run.restore(ckpt, opts) if cfg.resume else ("rl", 0)
     test, train = list(TEST_SEEDS), list(TRAIN_SEEDS)
 
-    def evaluate_both(n, row):
-        """Held-out student success (greedy) and the teacher's success with PI on training tasks (sampled)."""
+    def evaluate_both(n, row, n_teacher):
+        """Held-out student success (greedy, n tasks); on n_teacher training tasks (sampled) the teacher's success
+        with its PI, and with the next task's PI in its place (as high: the teacher no longer reads its PI)."""
         model.eval()
         row["heldout_success"] = evaluate(model, test[:n], level=cfg.level)["success"]
-        row["teacher_pi_success"] = evaluate(model, train[:n], pi=cfg.pi, level=cfg.level,
-                                             temperature=TEMPERATURE)["success"]
+        if cfg.pi_coverage > 0:
+            for key, pi_seeds in (("teacher_pi_success", None), ("teacher_other_pi_success", train[1:n_teacher + 1])):
+                row[key] = evaluate(model, train[:n_teacher], pi=cfg.pi, level=cfg.level, temperature=TEMPERATURE,
+                                    pi_seeds=pi_seeds)["success"]
         model.train()
         return row
 
     model.train()
     while phase == "rl" and step < cfg.steps:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        for group in opts["opt"].param_groups:
+            group["lr"] = lr_at(step, cfg)
         stats, played = distill_round(model, opts["opt"], cfg, run.rng.sample(pool, cfg.tasks), with_pi.__contains__,
                                       alpha_at(step, cfg), g, teacher)
         step += 1
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            run.log(phase, step, evaluate_both(cfg.eval_n, stats))
+            run.log(phase, step, evaluate_both(cfg.eval_n, stats, cfg.eval_n // 2))
             run.save(model, opts, phase, step)
             print(show_episode(played))
         else:
             run.log(phase, step, stats)
-    final = evaluate_both(cfg.final_n, {})
+    final = evaluate_both(cfg.final_n, {}, cfg.final_n)
     run.save(model, opts, "done", step)
     if cfg.pi_coverage > 0:
         method = label(f"π-Distill α={cfg.alpha:g}", cfg, ("alpha",))
     else:
         method = label("RL (π-Distill script, no PI)", cfg, ("pi_coverage",))
     model.eval()
-    return run.finish(method, heldout_success=final["heldout_success"], teacher_pi_success=final["teacher_pi_success"],
-                      n=cfg.final_n, teacher=kind, **transfer(model, cfg.final_n))
+    teacher_numbers = {k: final[k] for k in ("teacher_pi_success", "teacher_other_pi_success") if k in final}
+    return run.finish(method, heldout_success=final["heldout_success"], **teacher_numbers, n=cfg.final_n, teacher=kind,
+                      **transfer(model, cfg.final_n))
 
 
 if __name__ == "__main__":

@@ -221,16 +221,21 @@ class Played:
 
 
 def play(model, seeds, k=1, *, level="L2", pi=None, temperature=1.0, top_k=None, generator=None, max_len=256,
-         max_turn_tokens=96):
+         max_turn_tokens=96, pi_seeds=None):
     """len(seeds) * k episodes of toy_shop; rows i*k .. i*k+k-1 play seeds[i]. `pi` = None is the student view,
-    a PI form name the teacher view (the PI line in the prompt). An agent turn ends at its newline token; the env's
-    reply and the next `<|agent|>` marker are forced; a finished episode ends `<|user|> bye<|eos|>`."""
+    a PI form name the teacher view (the PI line in the prompt). `pi_seeds`: the tasks whose PI the teacher is shown
+    (default: its own; another task's PI tests whether the teacher still reads it). An agent turn ends at its newline
+    token; the env's reply and the next `<|agent|>` marker are forced; a finished episode ends `<|user|> bye<|eos|>`."""
     envs = []
     prompts = []
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
         for _ in range(k):
             envs.append(make("toy_shop", level))
             envs[-1].reset(seed)
+            if pi_seeds is not None:  # the PI lines of task pi_seeds[i] in place of this task's own
+                other = make("toy_shop", level)
+                other.reset(pi_seeds[i])
+                envs[-1].pi = other.pi
         prompts.append(tk.encode(envs[-1].transcript(pi) + "<|agent|>"))
     rewards = torch.zeros(len(envs))
 

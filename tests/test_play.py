@@ -122,3 +122,22 @@ def test_distinct_keeps_each_episode_once_per_group_and_counts_its_copies():
     assert torch.equal(uniq.episodes.ids, ids[[0, 1, 3, 5]]) and torch.equal(uniq.episodes.logp, ep.logp[[0, 1, 3, 5]])
     assert uniq.rewards.tolist() == [1.0, 0.0, 0.0, 1.0] and uniq.envs == ["A", "B", "D", "F"]
     assert torch.equal(uniq.rewards[inverse], played.rewards)  # per-episode values expand back to every copy
+
+
+def test_another_tasks_pi_is_shown_and_own_pi_seeds_change_nothing():
+    """pi_seeds puts task pi_seeds[i]'s PI line in task i's prompt (the collapse probe); pi_seeds equal to the
+    tasks themselves gives the ordinary teacher episodes, token for token."""
+    m, other = random_model(2), SEEDS[1:] + SEEDS[:1]
+    own = play(m, SEEDS, 1, pi="full", temperature=1.0, generator=torch.Generator().manual_seed(3))
+    same = play(m, SEEDS, 1, pi="full", temperature=1.0, generator=torch.Generator().manual_seed(3), pi_seeds=SEEDS)
+    assert torch.equal(own.episodes.ids, same.episodes.ids)
+    swapped = play(m, SEEDS, 1, pi="full", temperature=1.0, generator=torch.Generator().manual_seed(3), pi_seeds=other)
+    for row, env in enumerate(swapped.envs):
+        text = tk.decode(swapped.episodes.ids[row, : swapped.episodes.lengths[row]].tolist())
+        assert env.pi["full"] == own.envs[row + 1 - len(SEEDS) * (row == len(SEEDS) - 1)].pi["full"]
+        assert f"<|pi|> {env.pi['full']} <|/pi|>" in text and env.world.request() in text
+    assert [e.pi["full"] for e in swapped.envs] != [e.pi["full"] for e in own.envs]
+    a, b = student_view(swapped, "full"), student_view(own, "full")  # the student's prompt has no PI line: the same
+    for row in range(len(SEEDS)):
+        n = int(b.mask[row].nonzero()[0])  # the prompt: everything before the first sampled token
+        assert n > 10 and a.ids[row, :n].tolist() == b.ids[row, :n].tolist()
