@@ -191,7 +191,7 @@ def beta(runs):
         return
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for kind in kinds:
-        pts = [(b, final(rs)) for (k, b), rs in sorted(runs.items()) if k == kind and final(rs)]
+        pts = sorted((b, final(rs)) for (k, b), rs in runs.items() if k == kind and final(rs))
         if pts:
             ax.errorbar([b for b, _ in pts], [100 * s[0] for _, s in pts], yerr=[100 * s[1] for _, s in pts],
                         marker="o", capsize=3, color=ALPHA_COLOURS[kind],

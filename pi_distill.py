@@ -149,7 +149,7 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher=None
 
     if pi_seeds:
         played = play(teacher or model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=TEMPERATURE,
-                      generator=generator)
+                      generator=generator, keep_dist=True)  # the teacher's distributions for the KL, from the sampler
         uniq, rows, inverse = distinct(played, K)  # copies of an episode: scored and trained once, weighted
         kl, lp_t = kl_teacher_student(model, uniq, cfg.pi, True, teacher)  # (B',), (N, V); no gradient
         kl = kl[inverse]  # every episode's KL_seq, copies included, for the group means

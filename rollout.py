@@ -41,6 +41,7 @@ class Episodes:
     logp: torch.Tensor  # (B, T) log-prob of each sampled token under the distribution it was drawn from, else 0
     lengths: torch.Tensor  # (B,) tokens per row, padding excluded
     done: torch.Tensor  # (B,) True if the callback ended the episode, False if max_len cut it off
+    dist: list = None  # with keep_dist: per row, the sampler's log-softmax at temperature 1 at its sampled tokens
 
 
 def next_token(logits, u, temperature, top_k):
@@ -102,13 +103,15 @@ def _check(prompts, k, max_len, block_size):
 
 @torch.no_grad()
 def generate(model, prompts, k=1, *, max_len, on_turn_end=None, stop_ids=(), max_turn_tokens=None,
-             temperature=1.0, top_k=None, generator=None, pad_id=0):
+             temperature=1.0, top_k=None, generator=None, pad_id=0, keep_dist=False):
     """Sample len(prompts) * k episodes with a KV cache; rows g*k .. g*k+k-1 continue prompts[g].
 
     on_turn_end(row, turn_tokens) -> (forced_tokens, done) is called when a row samples a token in `stop_ids` or its
     turn reaches `max_turn_tokens`; without it, a row samples until max_len. `generator` seeds the uniforms: one
     torch.rand(B) per position, drawn in position order for every row, used or not, exactly as generate_plain draws
-    them, so both make the same choices and leave the generator in the same state.
+    them, so both make the same choices and leave the generator in the same state. With `keep_dist`, Episodes.dist
+    holds each row's full-vocabulary log-softmax (temperature 1) at its sampled tokens, (n_sampled, V) in position
+    order: the model's distribution there, which a KL against it then needs no second forward pass for.
     """
     _check(prompts, k, max_len, model.config.block_size)
     device, G = model.wte.weight.device, len(prompts)
@@ -142,6 +145,7 @@ def generate(model, prompts, k=1, *, max_len, on_turn_end=None, stop_ids=(), max
     cache.repeat(k)
     active = list(range(B))  # rows still running, in cache order
     pending = [[] for _ in range(B)]  # tokens written to ids but not yet fed to the model
+    dist = [[] for _ in range(B)]  # keep_dist: each row's log-softmax rows
     pos = [len(prompts[row // k]) for row in range(B)]  # where each row samples next
     while active:
         ready = [i for i, row in enumerate(active) if not pending[row]]  # rows whose logits predict pos[row]
@@ -150,6 +154,9 @@ def generate(model, prompts, k=1, *, max_len, on_turn_end=None, stop_ids=(), max
             at = torch.tensor(ready)
             u = uniforms[torch.tensor(pos)[active][at] - start, torch.tensor(active)[at]]
             sampled, lp = next_token(logits[at.to(device)], u.to(device), temperature, top_k)
+            if keep_dist:
+                for i, row_lp in zip(ready, F.log_softmax(logits[at.to(device)].float(), dim=-1).cpu()):
+                    dist[active[i]].append(row_lp)
         finished = set()
         for i, s, s_lp in zip(ready, sampled.tolist() if ready else [], lp.tolist() if ready else []):
             row, t = active[i], pos[active[i]]
@@ -176,7 +183,8 @@ def generate(model, prompts, k=1, *, max_len, on_turn_end=None, stop_ids=(), max
             pending[row] = pending[row][CHUNK:]
         logits = forward(chunks, cache)
     draw_through(int(lengths.max()) - 1)  # the plain generator draws at every position up to the last row's end
-    return Episodes(ids, mask, logp, lengths, done)
+    dist = [torch.stack(d) if d else torch.zeros(0, model.config.vocab_size) for d in dist] if keep_dist else None
+    return Episodes(ids, mask, logp, lengths, done, dist)
 
 
 @torch.no_grad()
@@ -221,11 +229,12 @@ class Played:
 
 
 def play(model, seeds, k=1, *, level="L2", pi=None, temperature=1.0, top_k=None, generator=None, max_len=256,
-         max_turn_tokens=96, pi_seeds=None):
+         max_turn_tokens=96, pi_seeds=None, keep_dist=False):
     """len(seeds) * k episodes of toy_shop; rows i*k .. i*k+k-1 play seeds[i]. `pi` = None is the student view,
     a PI form name the teacher view (the PI line in the prompt). `pi_seeds`: the tasks whose PI the teacher is shown
     (default: its own; another task's PI tests whether the teacher still reads it). An agent turn ends at its newline
-    token; the env's reply and the next `<|agent|>` marker are forced; a finished episode ends `<|user|> bye<|eos|>`."""
+    token; the env's reply and the next `<|agent|>` marker are forced; a finished episode ends `<|user|> bye<|eos|>`.
+    `keep_dist`: keep the sampler's distributions (generate), for a KL against the sampling view."""
     envs = []
     prompts = []
     for i, seed in enumerate(seeds):
@@ -249,7 +258,7 @@ def play(model, seeds, k=1, *, level="L2", pi=None, temperature=1.0, top_k=None,
 
     episodes = generate(model, prompts, k, max_len=max_len, on_turn_end=on_turn_end, stop_ids=tk.encode("\n"),
                         max_turn_tokens=max_turn_tokens, temperature=temperature, top_k=top_k, generator=generator,
-                        pad_id=tk.special("<|pad|>"))
+                        pad_id=tk.special("<|pad|>"), keep_dist=keep_dist)
     return Played(episodes, rewards * episodes.done, envs)
 
 
@@ -272,7 +281,8 @@ def distinct(played, k):
                 rows.append(row)
             inverse.append(seen[key])
     r = torch.tensor(rows)
-    kept = Episodes(ep.ids[r], ep.mask[r], ep.logp[r], ep.lengths[r], ep.done[r])
+    kept = Episodes(ep.ids[r], ep.mask[r], ep.logp[r], ep.lengths[r], ep.done[r],
+                    None if ep.dist is None else [ep.dist[i] for i in rows])
     return Played(kept, played.rewards[r], [played.envs[i] for i in rows]), r, torch.tensor(inverse)
 
 
@@ -329,10 +339,16 @@ def kl_teacher_student(model, played, pi, with_teacher=False, teacher=None):
     Σ_v p_T(v) (log p_T(v) − log p_S(v)) at each agent token, summed over the episode, without gradient: the KL in
     π-Distill's teacher reward (Eq. 2) and the premise's initial KL (eval.py). With `with_teacher`, also the teacher's
     log-softmax at those tokens (N, V), row-major, the sg π^T of π-Distill's student term (Eq. 3). `teacher`: other
-    weights for the teacher view (default `model`: one network plays both views)."""
+    weights for the teacher view (default `model`: one network plays both views). Episodes sampled with keep_dist
+    carry the teacher's distributions from the sampler (the same weights: no update comes between), which saves the
+    teacher's forward pass here."""
     ep, device = played.episodes, model.wte.weight.device
-    (ids_t, mask_t, _), (ids_s, mask_s, _) = trimmed(ep, device), trimmed(student_view(played, pi), device)
-    lp_t = vocab_logprobs((teacher or model)(ids_t)[0], mask_t)  # (N, V), agent tokens, row-major order
+    ids_s, mask_s, _ = trimmed(student_view(played, pi), device)
+    if ep.dist is not None:
+        lp_t = torch.cat(ep.dist).to(device)  # (N, V), agent tokens, row-major order
+    else:
+        ids_t, mask_t, _ = trimmed(ep, device)
+        lp_t = vocab_logprobs((teacher or model)(ids_t)[0], mask_t)
     lp_s = vocab_logprobs(model(ids_s)[0], mask_s)  # (N, V), the same tokens, same order
     per_token = kl_div(lp_t, lp_s).cpu()  # (N,) KL(π^T ‖ π^S) at each agent token
     rows = torch.arange(ep.ids.size(0)).repeat_interleave(ep.mask.sum(1))

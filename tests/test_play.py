@@ -141,3 +141,19 @@ def test_another_tasks_pi_is_shown_and_own_pi_seeds_change_nothing():
     for row in range(len(SEEDS)):
         n = int(b.mask[row].nonzero()[0])  # the prompt: everything before the first sampled token
         assert n > 10 and a.ids[row, :n].tolist() == b.ids[row, :n].tolist()
+
+
+def test_kept_sampler_distributions_give_the_kl_of_a_fresh_teacher_pass():
+    """keep_dist: the sampler's log-softmax at each sampled token equals a plain forward's over the finished episode,
+    so kl_teacher_student's KL and teacher log-probs are the same with or without the teacher's second pass; and
+    `distinct` keeps each kept episode's distributions."""
+    m = random_model(4)
+    g = lambda: torch.Generator().manual_seed(5)
+    kept = play(m, SEEDS, 2, pi="key", temperature=0.75, generator=g(), keep_dist=True)
+    plain = play(m, SEEDS, 2, pi="key", temperature=0.75, generator=g())
+    assert plain.episodes.dist is None and torch.equal(kept.episodes.ids, plain.episodes.ids)
+    assert [len(d) for d in kept.episodes.dist] == kept.episodes.mask.sum(1).tolist()
+    (kl_a, lp_a), (kl_b, lp_b) = (kl_teacher_student(m, p, "key", True) for p in (kept, plain))
+    assert torch.allclose(lp_a, lp_b, atol=1e-5) and torch.allclose(kl_a, kl_b, atol=1e-4)
+    uniq, rows, _ = distinct(kept, 2)
+    assert all(torch.equal(d, kept.episodes.dist[r]) for d, r in zip(uniq.episodes.dist, rows.tolist()))
