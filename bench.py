@@ -15,8 +15,9 @@ What is measured, in one run so that every fraction is of the same machine's pea
   after a prompt_len prompt, temperature 1; sampled tokens/s and the speedup of the cache.
 - round: `rounds` default π-Distill rounds (pi_distill.distill_round) from the shipped base, and one periodic
   evaluation; seconds per round and the share of each part — sampling the teacher's episodes (env stepping apart),
-  the KL scoring, the loss's forward passes, backward and optimizer, the rest — and the default run's estimated
-  wall-clock (its rounds, its periodic evaluations and the final one). Every later speed change is measured on it.
+  the KL scoring (the student view's pass; the teacher's distributions come from the sampler), the loss's forward
+  passes, backward and optimizer, the rest — and the default run's estimated wall-clock (its rounds, its periodic
+  evaluations and the final one). Every later speed change is measured on it.
 The last printed line is one JSON object with every number.
 """
 
@@ -129,7 +130,8 @@ class Stopwatch:
 
 def round_profile(model, cfg):
     """Seconds per default π-Distill round and the share of each part, from `cfg.rounds` rounds; one periodic
-    evaluation (eval_n greedy held-out tasks + eval_n sampled teacher tasks); the default run's estimated wall-clock."""
+    evaluation (eval_n greedy held-out tasks, eval_n / 2 sampled teacher tasks with their PI and with another's); the
+    default run's estimated wall-clock."""
     pcfg = pi_distill.Config(tasks=2, k=2, eval_n=4, final_n=4, steps=10) if cfg.quick else pi_distill.Config()
     pool, with_pi = pi_tasks(pcfg)  # the default run's tasks, as pi_distill.main draws them
     opt = torch.optim.AdamW(model.parameters(), lr=pcfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -154,7 +156,9 @@ def round_profile(model, cfg):
     model.eval()
     t0 = time.perf_counter()
     E.evaluate(model, list(env.TEST_SEEDS[: pcfg.eval_n]), level=pcfg.level)
-    E.evaluate(model, list(env.TRAIN_SEEDS[: pcfg.eval_n]), pi=pcfg.pi, level=pcfg.level, temperature=TEMPERATURE)
+    half = list(env.TRAIN_SEEDS[: pcfg.eval_n // 2 + 1])  # the teacher with its own PI and with the next task's
+    for pi_seeds in (None, half[1:]):
+        E.evaluate(model, half[:-1], pi=pcfg.pi, level=pcfg.level, temperature=TEMPERATURE, pi_seeds=pi_seeds)
     eval_s = time.perf_counter() - t0
     round_s = total / cfg.rounds
     run_s = pcfg.steps * round_s + (pcfg.steps // pcfg.eval_every + pcfg.final_n / pcfg.eval_n) * eval_s

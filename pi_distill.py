@@ -58,18 +58,12 @@ class Config(RunConfig):
     tasks: int = 16  # tasks per round
     k: int = 4  # episodes per task (the group size)
     lr: float = 1e-4  # AdamW learning rate
-    lr_warmup: int = 0  # rounds of linear learning-rate warm-up from 0 (0: the full rate from the first round)
     grad_steps: int = 2  # gradient steps per round on the same episodes
 
 
 def teacher_kind(cfg):
     """--teacher auto: frozen at α = 0, where nothing trains the teacher view, else shared (docs/deviations.md)."""
     return cfg.teacher if cfg.teacher != "auto" else "frozen" if cfg.alpha == 0 else "shared"
-
-
-def lr_at(step, cfg):
-    """The learning rate of round `step` (0-based): `lr`, reached linearly over the first `lr_warmup` rounds."""
-    return cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup) if cfg.lr_warmup > 0 else cfg.lr
 
 
 def alpha_at(step, cfg):
@@ -226,8 +220,6 @@ def main(argv=None):
     model.train()
     while phase == "rl" and step < cfg.steps:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        for group in opts["opt"].param_groups:
-            group["lr"] = lr_at(step, cfg)
         stats, played = distill_round(model, opts["opt"], cfg, run.rng.sample(pool, cfg.tasks), with_pi.__contains__,
                                       alpha_at(step, cfg), g, teacher)
         step += 1
