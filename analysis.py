@@ -96,8 +96,8 @@ def cells(analysis, seeds):
     out = []
     for s in seeds:
         if analysis == "pi_forms":
-            out += [pi_distill(s, pi=f, alpha=a) for f in PI_FORMS for a in ALPHAS]
-            out += [opsd(s, pi=f) for f in PI_FORMS] + [pi_distill(s, pi_coverage=0.0)]
+            out += [opsd(s, pi=f) for f in PI_FORMS] + [pi_distill(s, pi_coverage=0.0)]  # the cheapest first
+            out += [pi_distill(s, pi=f, alpha=a) for a in (0.5, 1.0, 0.0) for f in PI_FORMS]
         elif analysis == "collapse":
             out += [pi_distill(s, pi="tools", alpha=a, beta=b) for a in (0.5, 1.0) for b in (0.0, 0.25)]
         elif analysis == "beta":

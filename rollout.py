@@ -168,7 +168,7 @@ def generate(model, prompts, k=1, *, max_len, on_turn_end=None, stop_ids=(), max
             if ended or (rows.ending[row] and end <= max_len):
                 lengths[row], done[row] = end, True
                 finished.add(i)
-            elif end >= max_len or rows.ending[row]:  # max_len cut the row off: length max_len, done False
+            elif end >= max_len:  # max_len cut the row off (in its reply or before its next token): done False
                 finished.add(i)
             else:
                 pending[row], pos[row] = [s] + forced, end
