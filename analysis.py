@@ -17,7 +17,8 @@
   the held-out student (Fig. 7).
 - beta: β ∈ {0, 0.1, 0.25, 0.5} for π-Distill α ∈ {0.5, 1} and OPSD (Fig. 9).
 
-Every run is a training script at its defaults except the swept options, in out/<its name>/. What a table and a
+Every run is a training script at its defaults except the options its cell names (π-Distill: PI form, α, β; OPSD:
+PI form, β; plain GRPO: no PI), in out/<its name>/. What a table and a
 figure need from it (the summary, the periodic evaluations, per-round KL and success in 25-round means) is kept
 in results/analysis/<its name>.json (small, in git), so a fresh clone redraws everything without training. Tables
 go to docs/analyses/, figures to docs/figures/, the discussion is docs/analyses.md. Figures need matplotlib
@@ -76,19 +77,19 @@ class Cell:
         return SECONDS[self.script] * (ALPHA1_SPEEDUP if self.script == "pi_distill" and alpha == 1 else 1)
 
 
-def changed(config, options):
-    """The options that differ from the script's defaults, sorted: a cell two analyses share has one name."""
-    return tuple(sorted((k, v) for k, v in options.items() if getattr(config, k) != v))
+def pi_distill(seed, pi="full", alpha=0.5, beta=0.25):
+    """A π-Distill cell: PI form, α and β always named, whatever the script's defaults are (a cell two analyses
+    share is one run)."""
+    return Cell("pi_distill", (("alpha", alpha), ("beta", beta), ("pi", pi)), seed)
 
 
-def pi_distill(seed, **options):
-    import pi_distill as script
-    return Cell("pi_distill", changed(script.Config(), options), seed)
+def grpo(seed):
+    """Plain GRPO on the same budget: π-Distill's script without PI."""
+    return Cell("pi_distill", (("pi_coverage", 0.0),), seed)
 
 
-def opsd(seed, **options):
-    import opsd as script
-    return Cell("opsd", changed(script.Config(), options), seed)
+def opsd(seed, pi="full", beta=0.5):
+    return Cell("opsd", (("beta", beta), ("pi", pi)), seed)
 
 
 def cells(analysis, seeds):
@@ -96,13 +97,13 @@ def cells(analysis, seeds):
     out = []
     for s in seeds:
         if analysis == "pi_forms":
-            out += [opsd(s, pi=f) for f in PI_FORMS] + [pi_distill(s, pi_coverage=0.0)]  # the cheapest first
+            out += [opsd(s, pi=f) for f in PI_FORMS] + [grpo(s)]  # the cheapest first
             out += [pi_distill(s, pi=f, alpha=a) for a in (0.5, 1.0, 0.0) for f in PI_FORMS]
         elif analysis == "collapse":
             out += [pi_distill(s, pi="tools", alpha=a, beta=b) for a in (0.5, 1.0) for b in (0.0, 0.25)]
         elif analysis == "beta":
-            out += [pi_distill(s, pi="full", alpha=a, beta=b) for a in (0.5, 1.0) for b in BETAS]
-            out += [opsd(s, pi="full", beta=b) for b in BETAS]
+            out += [pi_distill(s, alpha=a, beta=b) for a in (0.5, 1.0) for b in BETAS]
+            out += [opsd(s, beta=b) for b in BETAS]
     return out
 
 

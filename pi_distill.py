@@ -52,6 +52,7 @@ class Config(RunConfig):
     alpha: float = 0.5  # Eq. 4: weight of the teacher term; 0 = student only, 1 = teacher only
     alpha_warmup: int = 0  # rounds of the paper's linear rise of α from 0 (0: α from the first round)
     beta: float = 0.25  # weight of the KL between the views: in the teacher's reward and in the student's loss
+    student_kl_scale: float = 1.0  # Eq. 3's KL term weighs β × this in the student's loss (1: the paper)
     student_kl: str = "loss"  # loss: Eq. 3's KL term in the student loss | reward: folded into its reward (Alg. 1)
     teacher: str = "auto"  # teacher view's weights: auto (frozen at α = 0, else shared) | shared (paper) | frozen
     steps: int = 400  # sampling rounds
@@ -176,8 +177,8 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher=None
         loss = 0.0
         for teacher, student, lp_t, a, n in batches:  # each part weighted by its share of the round's agent tokens
             if student is not None:
-                term, ent = distill_loss(model, teacher, student, a, beta=cfg.beta, lp_t=lp_t, dual_clip=DUAL_CLIP,
-                                         n_tokens=n)
+                term, ent = distill_loss(model, teacher, student, a, beta=cfg.beta * cfg.student_kl_scale, lp_t=lp_t,
+                                         dual_clip=DUAL_CLIP, n_tokens=n)
                 loss = loss + term * n / n_total
         if torch.is_tensor(loss):
             update(model, opt, loss)

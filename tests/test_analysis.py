@@ -10,17 +10,18 @@ import analysis
 import figures
 
 
-def test_cells_are_the_scripts_defaults_except_the_swept_options():
+def test_cells_name_their_options_and_two_analyses_share_a_cell():
     forms = analysis.cells("pi_forms", [0])
     assert len(forms) == 5 * 3 + 5 + 1 and len({c.name for c in forms}) == len(forms)
-    default = analysis.pi_distill(0, pi="full", alpha=0.5, beta=0.25)
-    assert default.options == () and default.name == "an_pi_distill_s0" and default in forms
-    assert default in analysis.cells("beta", [0])  # the β = 0.25 cell of the sweep is the pi_forms one: it runs once
+    main = analysis.pi_distill(0)  # full PI, α = 0.5, β = 0.25
+    assert main.name == "an_pi_distill_alpha0.5_beta0.25_pifull_s0" and main in forms
+    assert main in analysis.cells("beta", [0])  # the β = 0.25 cell of the sweep is the pi_forms one: it runs once
     tools = analysis.pi_distill(3, pi="tools", alpha=1.0, beta=0.0)
     assert tools.argv() == ["--alpha", "1.0", "--beta", "0.0", "--pi", "tools", "--seed", "3", "--run", tools.name]
-    assert tools.name == "an_pi_distill_alpha1_beta0_pitools_s3"
-    assert analysis.opsd(0, pi="hint").argv()[:2] == ["--pi", "hint"]
+    assert tools in analysis.cells("collapse", [3]) and analysis.grpo(0).argv()[:2] == ["--pi_coverage", "0.0"]
+    assert analysis.opsd(0, pi="hint").argv()[:4] == ["--beta", "0.5", "--pi", "hint"]
     assert len(analysis.cells("collapse", [0, 1])) == 8
+    assert len(set(analysis.cells("pi_forms", [0]) + analysis.cells("collapse", [0]) + analysis.cells("beta", [0]))) == 32
 
 
 def test_dry_run_lists_every_run_and_sums_the_estimates(tmp_path, monkeypatch, capsys):
@@ -60,7 +61,8 @@ def test_collect_keeps_the_evaluations_and_25_round_means(tmp_path, monkeypatch)
     analysis.collect(cell)
     assert analysis.state(cell) == "done"
     kept = analysis.load(cell)
-    assert kept["heldout_success"] == 0.3 and "config" not in kept and kept["options"] == {"alpha": 1.0, "pi": "tools"}
+    assert kept["heldout_success"] == 0.3 and "config" not in kept
+    assert kept["options"] == {"alpha": 1.0, "beta": 0.25, "pi": "tools"}
     assert kept["evals"] == [{"step": 25, "heldout_success": 0.25, "teacher_pi_success": 0.75,
                               "teacher_other_pi_success": 0.5}]
     assert kept["means"] == [{"step": 25, "kl": 13.0, "teacher_success": 0.5},  # mean of 1..25, of 26..50
