@@ -132,7 +132,8 @@ def round_profile(model, cfg):
     """Seconds per default π-Distill round and the share of each part, from `cfg.rounds` rounds; one periodic
     evaluation (eval_n greedy held-out tasks, eval_n / 2 sampled teacher tasks with their PI and with another's); the
     default run's estimated wall-clock."""
-    pcfg = pi_distill.Config(tasks=2, k=2, eval_n=4, final_n=4, steps=10) if cfg.quick else pi_distill.Config()
+    pcfg = pi_distill.resolved(pi_distill.Config(tasks=2, k=2, eval_n=4, final_n=4, steps=10) if cfg.quick
+                               else pi_distill.Config())
     pool, with_pi = pi_tasks(pcfg)  # the default run's tasks, as pi_distill.main draws them
     opt = torch.optim.AdamW(model.parameters(), lr=pcfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     clock, rng = Stopwatch(), random.Random(cfg.seed)

@@ -18,6 +18,7 @@ samples in OPSD, the teacher's in π-Distill) and at the updated weights, it rec
 One JSON line per round goes to out/<run>/diagnose.jsonl.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ import torch
 
 import opsd
 import pi_distill
-from config import parse_args
+from config import parse_args, run_name
 from env import TRAIN_SEEDS, expert_act, render
 from eval import evaluate
 from model import kl_div, vocab_logprobs
@@ -124,6 +125,8 @@ def main(argv=None):
     script = SCRIPTS[argv[0]]
     config = dataclass(type("Config", (script.Config, Rounds), {}))
     cfg = parse_args(config(), argv[1:])
+    if script is pi_distill:  # the options left at 0 set as the script sets them, the run named before
+        cfg = pi_distill.resolved(dataclasses.replace(cfg, run=cfg.run or run_name(f"diagnose_{argv[0]}", cfg)))
     pool, with_pi = pi_tasks(cfg)
     run = Run(cfg, f"diagnose_{argv[0]}")
     model, _ = run.load_model()

@@ -148,6 +148,20 @@ def test_distinct_episodes_weighted_by_their_copies_give_the_full_batchs_loss_an
     assert D.view(episodes(teacher, t_mask, t_old), adv, torch.zeros(6), first, inverse, "cpu") is None
 
 
+def test_defaults_follow_the_teacher_view_and_name_what_was_asked():
+    """Options left at 0 take BY_TEACHER's values for the run's teacher view (frozen at the default α = 0, shared for
+    α > 0); an option set on the command line is kept, and only those name the run and its row."""
+    frozen, shared = D.resolved(D.Config()), D.resolved(D.Config(alpha=0.5))
+    assert (frozen.steps, frozen.tasks, frozen.k, frozen.lr) == (300, 32, 2, 2e-4)
+    assert (shared.steps, shared.tasks, shared.k, shared.lr) == (400, 16, 4, 1e-4)
+    assert D.teacher_kind(frozen) == "frozen" and D.teacher_kind(shared) == "shared"
+    assert D.resolved(D.Config(alpha=0.5, lr=3e-4, k=3)).lr == 3e-4 and D.resolved(D.Config(k=3)).k == 3
+    assert D.resolved(D.Config(alpha=0.0, teacher="shared")).lr == 1e-4
+    assert all(getattr(D.Config(), key) == 0 for key in D.BY_TEACHER["frozen"])
+    with pytest.raises(SystemExit, match="must be positive"):
+        D.main(["--lr", "-1"])
+
+
 def test_alpha_warmup():
     cfg = D.Config(alpha=0.5, alpha_warmup=10)
     assert [D.alpha_at(s, cfg) for s in (0, 5, 10, 50)] == [0.0, 0.25, 0.5, 0.5]
@@ -169,7 +183,7 @@ def test_pi_distill_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     model = init_checkpoint(tmp_path)
     summary = D.main([f"--init={tmp_path / 'init.pt'}", "--steps=3", "--tasks=4", "--n_tasks=8", "--pi_coverage=0.5",
-                      "--eval_every=3", "--eval_n=4", "--final_n=4", "--run=smoke", "--lr=1e-2"])
+                      "--eval_every=3", "--eval_n=4", "--final_n=4", "--run=smoke", "--lr=1e-2", "--alpha=0.5"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
     log = [json.loads(line) for line in open(tmp_path / "out" / "smoke" / "log.jsonl")]
     assert len(log) == 3 and all(math.isfinite(r["loss"]) for r in log if "loss" in r)
@@ -186,10 +200,10 @@ def test_folded_kl_smoke_and_bad_options(tmp_path, monkeypatch, capsys):
     init_checkpoint(tmp_path)
     summary = D.main(["--init", str(tmp_path / "init.pt"), "--steps", "2", "--tasks=2", "--n_tasks=4",
                       "--eval_every=2", "--eval_n=2", "--final_n=2", "--student_kl", "reward", "--alpha_warmup=5",
-                      "--seed", "3"])
+                      "--seed", "3", "--alpha", "0.5"])
     assert summary["method"] == ("π-Distill α=0.5 (final_n 2, n_tasks 4, alpha_warmup 5, student_kl reward, steps 2, "
                                  "tasks 2)")
-    assert summary["run"] == "pi_distill_final_n2_n_tasks4_alpha_warmup5_student_kl-reward_steps2_tasks2_s3"
+    assert summary["run"] == "pi_distill_final_n2_n_tasks4_alpha0.5_alpha_warmup5_student_kl-reward_steps2_tasks2_s3"
     for argv, message in ((["--student_kl=both"], "--student_kl must be loss or reward"),
                           (["--alpha", "1.5"], "--alpha must lie in [0, 1]"),
                           (["--pi", "secret"], "unknown PI form 'secret'"),
@@ -256,7 +270,7 @@ def test_frozen_teacher_is_the_start_and_never_moves(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     start = init_checkpoint(tmp_path)
-    cfg = D.Config(init=str(tmp_path / "init.pt"), alpha=0.0, teacher="frozen", tasks=2, n_tasks=4, lr=1e-2)
+    cfg = D.resolved(D.Config(init=str(tmp_path / "init.pt"), alpha=0.0, teacher="frozen", tasks=2, n_tasks=4, lr=1e-2))
     run = R.Run(cfg, "pi_distill")
     model, _ = run.load_model()
     teacher = run.teacher(model, cfg.teacher)
@@ -273,7 +287,8 @@ def test_frozen_teacher_is_the_start_and_never_moves(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(),
                                                   resumed.teacher(again, "frozen").state_dict().values()))
     assert run.teacher(model, "shared") is model
-    for argv, message in ((["--teacher", "frozen"], "--teacher frozen trains no teacher view; it needs --alpha 0"),
+    for argv, message in ((["--alpha", "0.5", "--teacher", "frozen"],
+                           "--teacher frozen trains no teacher view; it needs --alpha 0"),
                           (["--alpha", "0", "--teacher", "ema"], "--teacher must be auto, shared or frozen")):
         with pytest.raises(SystemExit, match=re.escape(message)):
             D.main(["--init", str(tmp_path / "init.pt"), "--run", "bad", *argv])
