@@ -19,11 +19,14 @@ from dataclasses import dataclass
 
 from config import parse_args
 
-ROW_ORDER = ["base", "SFT w/ CoT", "SFT w/o CoT", "RL", "RL (π-Distill script, no PI)", "SFT w/o CoT + RL",
+ROW_ORDER = ["base", "SFT w/ CoT", "SFT w/o CoT", "RL",
+             "RL (π-Distill script, no PI) (steps 400, tasks 16, k 4, lr 0.0001)", "SFT w/o CoT + RL",
              "SFT w/ CoT + RL", "OPSD", "π-Distill α=0", "π-Distill α=0.5", "π-Distill α=1", "expert",
-             "OPSD (teacher shared, lr 0.0002)", "π-Distill α=0 (teacher shared)"]
-# the paper's Table 1 order, with plain GRPO at π-Distill's budget (its script with --pi_coverage 0) beside RL, and
-# after it the two rows whose teacher view shares the trained weights, as the paper's does (docs/deviations.md)
+             "π-Distill α=0 (steps 400, tasks 16, k 4, lr 0.0001)", "OPSD (teacher shared, lr 0.0002)",
+             "π-Distill α=0 (teacher shared)"]
+# the paper's Table 1 order, with plain GRPO at the shared teacher's budget (π-Distill's script with --pi_coverage 0)
+# beside RL; after it α = 0 at the shared teacher's settings, and the two rows whose teacher view shares the trained
+# weights, as the paper's does (docs/deviations.md)
 
 
 @dataclass
