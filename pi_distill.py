@@ -106,7 +106,7 @@ class View(NamedTuple):
 
 
 def distill_loss(model, teacher, student, alpha, temperature=TEMPERATURE, clip=CLIP, beta=0.0, lp_t=None,
-                 dual_clip=None, n_tokens=None):
+                 dual_clip=None, n_tokens=None, record=None):
     """α·L_T + (1 − α)·(L_S + β·KL(sg π^T ‖ π^S)) on the teacher's episodes (Eq. 4 with Eq. 2 and Eq. 3).
 
     teacher, student: Views of the same episodes (teacher None: no teacher term). L_T: clipped ratio π^T_θ / π^T_old
@@ -114,8 +114,8 @@ def distill_loss(model, teacher, student, alpha, temperature=TEMPERATURE, clip=C
     `dual_clip` where A < 0; each over the agent tokens of the episodes it uses, weighted by View.weight, normalised
     by `n_tokens` (the scripts: the round's agent tokens) or else by the weighted token count. With `lp_t` (N, V),
     the teacher's log-softmax at every agent token of the student view (row-major order, detached), Eq. 3's KL term
-    is added as a mean over those tokens, each weighted by its episode's copies, with gradient into the student only.
-    Returns (loss, entropy of the last view scored)."""
+    is added as a mean over those tokens, each weighted by its episode's copies, with gradient into the student only;
+    a dict `record` receives its per-token values, detached (N,). Returns (loss, entropy of the last view scored)."""
     loss, ent = 0.0, None
     for weight, v, is_student in ((alpha, teacher, False), (1 - alpha, student, True)):
         if weight == 0 or v is None:
@@ -127,6 +127,8 @@ def distill_loss(model, teacher, student, alpha, temperature=TEMPERATURE, clip=C
                                                  dual_clip if is_student else None, n_tokens)
         if is_student and lp_t is not None and beta > 0:
             kl = kl_div(lp_t.detach(), vocab_logprobs(logits, v.mask))  # (N,) one per agent token
+            if record is not None:
+                record["kl"] = kl.detach()
             w = count.repeat_interleave(v.mask[:, 1:].sum(1).long())  # each token weighted by its episode's copies
             loss = loss + weight * beta * (kl * w).sum() / w.sum()
         ent = entropy(logits.detach(), v.mask * count[:, None])
@@ -163,9 +165,15 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher=None
         played = play(teacher or model, pi_seeds, K, level=cfg.level, pi=cfg.pi, temperature=TEMPERATURE,
                       generator=generator, keep_dist=True)  # the teacher's distributions for the KL, from the sampler
         uniq, rows, inverse = distinct(played, K)  # copies of an episode: scored and trained once, weighted
-        kl, lp_t = kl_teacher_student(model, uniq, cfg.pi, True, teacher)  # (B',), (N, V); no gradient
-        kl = kl[inverse]  # every episode's KL_seq, copies included, for the group means
-        reward = played.rewards - cfg.beta * kl  # Algorithm 1: the KL folded into the teacher's reward
+        # The teacher's reward needs KL_seq before the loss (α > 0, or folded into the student's). At α = 0 it is only
+        # logged, and the first gradient step's KL term measures it on the same weights: one forward pass fewer.
+        late_kl = alpha == 0 and cfg.student_kl == "loss" and cfg.beta * cfg.student_kl_scale > 0
+        if late_kl:
+            kl, lp_t = None, torch.cat(uniq.episodes.dist).to(device)
+        else:
+            kl, lp_t = kl_teacher_student(model, uniq, cfg.pi, True, teacher)  # (B',), (N, V); no gradient
+            kl = kl[inverse]  # every episode's KL_seq, copies included, for the group means
+        reward = played.rewards - cfg.beta * (0 if late_kl else kl)  # Algorithm 1: the teacher's reward
         adv_t, keep_t = centred_advantages(reward, K)
         if cfg.student_kl == "loss":
             adv_s, keep_s = centred_advantages(played.rewards, K)
@@ -174,11 +182,10 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher=None
         teacher = view(uniq.episodes, adv_t, keep_t, rows, inverse, device)
         student = view(student_view(uniq, cfg.pi), adv_s, keep_s, rows, inverse, device, all_rows=lp_t is not None)
         batches.append((teacher, student, lp_t, alpha, played.episodes.mask.sum().item()))
-        stats.update(teacher_success=played.rewards.mean().item(), reward=reward.mean().item(),
-                     kl=kl.mean().item(), zero_adv=1 - keep_t.float().mean().item(),
+        stats.update(teacher_success=played.rewards.mean().item(), zero_adv=1 - keep_t.float().mean().item(),
                      zero_adv_student=1 - keep_s.float().mean().item(), distinct=len(rows) / len(inverse),
                      len=played.episodes.lengths.float().mean().item())
-        tokens, shown = tokens + played.episodes.mask.sum().item(), played
+        tokens, shown, pi_copies = tokens + played.episodes.mask.sum().item(), played, (len(rows), inverse)
     if plain_seeds:
         plain = play(model, plain_seeds, K, level=cfg.level, temperature=TEMPERATURE, generator=generator)
         adv, keep = centred_advantages(plain.rewards, K)
@@ -190,15 +197,22 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher=None
     stats["tok_s"] = tokens / (time.time() - t0)
     model.train()
     n_total, loss = sum(b[4] for b in batches), 0.0
-    for _ in range(cfg.grad_steps):
+    for grad_step in range(cfg.grad_steps):
         loss = 0.0
-        for teacher, student, lp_t, a, n in batches:  # each part weighted by its share of the round's agent tokens
+        for i, (teacher, student, lp_t, a, n) in enumerate(batches):  # each part weighted by its token share
             if student is not None:
+                record = {} if pi_seeds and late_kl and grad_step == 0 and i == 0 else None
                 term, ent = distill_loss(model, teacher, student, a, beta=cfg.beta * cfg.student_kl_scale, lp_t=lp_t,
-                                         dual_clip=DUAL_CLIP, n_tokens=n)
+                                         dual_clip=DUAL_CLIP, n_tokens=n, record=record)
                 loss = loss + term * n / n_total
+                if record:  # α = 0: KL_seq per episode from the first step's KL term, before any update
+                    n_distinct, inverse = pi_copies
+                    where = torch.arange(n_distinct).repeat_interleave(student.mask[:, 1:].sum(1).long().cpu())
+                    kl = torch.zeros(n_distinct).index_add_(0, where, record["kl"].cpu())[inverse]
         if torch.is_tensor(loss):
             update(model, opt, loss)
+    if pi_seeds:
+        stats.update(reward=(played.rewards - cfg.beta * kl).mean().item(), kl=kl.mean().item())
     if torch.is_tensor(loss):
         stats.update(loss=loss.item(), entropy=ent)
     return stats, shown

@@ -292,3 +292,28 @@ def test_frozen_teacher_is_the_start_and_never_moves(tmp_path, monkeypatch):
                           (["--alpha", "0", "--teacher", "ema"], "--teacher must be auto, shared or frozen")):
         with pytest.raises(SystemExit, match=re.escape(message)):
             D.main(["--init", str(tmp_path / "init.pt"), "--run", "bad", *argv])
+
+
+def test_alpha_0_logs_the_kl_of_a_separate_scoring_pass():
+    """At α = 0 the round takes KL_seq from its first gradient step instead of a separate pass: the logged KL and
+    reward equal rollout.kl_teacher_student's on the same episodes, scored before the update."""
+    import copy
+
+    from rollout import distinct, kl_teacher_student, play
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tk.get_tokenizer().n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
+    teacher = copy.deepcopy(model).requires_grad_(False)
+    with torch.no_grad():  # a teacher that differs from the student, as the trained network soon does
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cfg = D.resolved(D.Config(alpha=0.0, tasks=3, k=2, lr=1e-2))
+    seeds, before = [0, 1, 2], copy.deepcopy(model)
+    played = play(teacher, seeds, 2, pi="full", temperature=D.TEMPERATURE, generator=torch.Generator().manual_seed(7))
+    uniq, _, inverse = distinct(played, 2)
+    expected = kl_teacher_student(before, uniq, "full", teacher=teacher)[inverse]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    stats, _ = D.distill_round(model, opt, cfg, seeds, lambda s: True, 0.0, torch.Generator().manual_seed(7), teacher)
+    assert expected.mean() > 0.1 and math.isclose(stats["kl"], expected.mean().item(), rel_tol=1e-4)
+    reward = (played.rewards - cfg.beta * expected).mean().item()
+    assert math.isclose(stats["reward"], reward, rel_tol=1e-4, abs_tol=1e-5)
