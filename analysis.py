@@ -42,8 +42,8 @@ RESULTS, FIGURES = os.path.join("results", "analysis"), os.path.join("docs", "fi
 ALPHAS = (0.0, 0.5, 1.0)
 BETAS = (0.0, 0.1, 0.25, 0.5)
 # seconds per run alone on the 2-core CPU (two threads), measured on the defaults (docs/analyses.md); `jobs` 2 runs
-# two at a time with one thread each, which takes about twice as long per run and halves the total
-SECONDS = {"pi_distill": 300, "opsd": 200}
+# two at a time with one thread each, which takes about twice as long per run and about as long in total
+SECONDS = {"pi_distill": 340, "opsd": 230}
 ALPHA1_SPEEDUP = 0.8  # α = 1 has no student term to score and train
 
 
@@ -274,9 +274,9 @@ def main(argv=None):
     if cfg.dry_run:
         for c in todo:
             print(f"{state(c):8s} {c.estimate_s():5.0f} s  python {c.script}.py {' '.join(c.argv())}")
-        left = sum(c.estimate_s() for c in missing)
-        print(f"{len(todo)} runs, {len(missing)} to run: about {left:.0f} s with --jobs 1 on the 2-core CPU "
-              f"({left / 3600:.1f} h; --jobs 2 takes about as long in total and uses both cores fully)")
+        to_run = [c for c in missing if state(c) in ("todo", "partial")]
+        left = sum(c.estimate_s() for c in to_run)
+        print(f"{len(todo)} runs, {len(to_run)} to run: about {left:.0f} s on the 2-core CPU ({left / 3600:.1f} h)")
         return
     for c in [c for c in missing if state(c) == "finished"]:
         collect(c)
