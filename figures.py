@@ -149,7 +149,7 @@ def collapse(runs):
                      f"{pct(final(rs, 'teacher_other_pi_success'))} | "
                      + ("—" if kl is None else f"{kl[0]:.2f} ± {kl[1]:.2f}") + " |")
     write("collapse", lines)
-    plt = pyplot()
+    plt = pyplot() if runs else None  # no runs yet: the table says so, and no empty figure is drawn
     if plt is None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -186,7 +186,7 @@ def beta(runs):
             cols.append(pct(final(rs)) + ("" if kind == "OPSD" or t is None else f" [{100 * t[0]:.0f}]"))
         lines.append(f"| {b:g} | " + " | ".join(cols) + " |")
     write("beta", lines)
-    plt = pyplot()
+    plt = pyplot() if runs else None
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5.5, 4))
