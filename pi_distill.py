@@ -1,7 +1,7 @@
 """π-Distill (the paper's Eq. 2-4, Algorithm 1): one network, a teacher view that sees the PI and a student view
 that does not, trained on the teacher's samples. The project's main command.
 
-    python pi_distill.py --env toy_shop               # α = 0: the student learns from a fixed teacher (~5½ min)
+    python pi_distill.py --env toy_shop               # α = 0: the student learns from a fixed teacher (~5 min)
     python pi_distill.py --alpha 0.5                  # the paper's joint training of both views (~6 min)
     python pi_distill.py --alpha 1 --pi tools         # teacher only, least informative PI: the collapse setting
     python pi_distill.py --pi_coverage 0              # no PI at all: plain GRPO on the same budget
