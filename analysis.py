@@ -155,7 +155,10 @@ def run_cells(todo, jobs):
         while waiting and len(running) < jobs:
             cell = waiting.pop(0)
             resume = ["--resume", "1"] if state(cell) == "partial" else []
-            os.makedirs(os.path.join("out", cell.name), exist_ok=True)
+            folder = os.path.join("out", cell.name)
+            if not resume and os.path.exists(os.path.join(folder, "log.jsonl")):  # cut off before its first checkpoint:
+                os.replace(os.path.join(folder, "log.jsonl"), os.path.join(folder, "log.cut.jsonl"))  # kept, restarted
+            os.makedirs(folder, exist_ok=True)
             log = open(os.path.join("out", cell.name, "stdout.txt"), "a")
             cmd = [sys.executable, cell.script + ".py", *cell.argv(), *resume]
             print(" ".join(cmd[1:]), flush=True)

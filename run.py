@@ -95,8 +95,26 @@ class Run:
             opt.load_state_dict(ckpt[name])
         self.rng.setstate(ckpt["rng"])
         torch.set_rng_state(ckpt["torch_rng"].cpu())  # loaded onto the run's device; the CPU generator wants it back
+        self.trim_log(ckpt["phase"], ckpt["step"])
         print(f"resumed {self.ckpt_path} at {ckpt['phase']} step {ckpt['step']}")
         return ckpt["phase"], ckpt["step"]
+
+    def trim_log(self, phase, step):
+        """Drop the log rows a run cut off between checkpoints wrote after its last one: the resumed run writes them
+        again, and its log is then the uninterrupted run's. The dropped rows are kept in log.cut.jsonl."""
+        path = os.path.join(self.dir, "log.jsonl")
+        with open(path) as f:
+            rows = f.readlines()
+        marks = [(r["phase"], r["step"]) for r in map(json.loads, rows)]
+        ends = [i for i, mark in enumerate(marks) if mark == (phase, step)]
+        if not ends or ends[-1] == len(rows) - 1:
+            return
+        self.log_file.close()
+        with open(os.path.join(self.dir, "log.cut.jsonl"), "a") as f:
+            f.writelines(rows[ends[-1] + 1 :])
+        with open(path, "w") as f:
+            f.writelines(rows[: ends[-1] + 1])
+        self.log_file = open(path, "a")
 
     def save(self, model, optimizers, phase, step):
         save_checkpoint(self.ckpt_path, model, phase=phase, step=step, run_config=asdict(self.cfg),

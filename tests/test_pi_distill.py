@@ -238,8 +238,10 @@ def test_a_missing_base_model_is_a_one_line_error(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()  # nothing started
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
-    """A run that dies after its step-2 checkpoint and is resumed logs what the uninterrupted run logs."""
+@pytest.mark.parametrize("dies_in", [3, 4])
+def test_resume_continues_exactly(tmp_path, monkeypatch, dies_in):
+    """A run that dies after its step-2 checkpoint (at once, or after logging round 3) and is resumed logs what the
+    uninterrupted run logs: the rows written after the checkpoint are moved to log.cut.jsonl, not repeated."""
     monkeypatch.chdir(tmp_path)
     init_checkpoint(tmp_path)
     args = ["--init", str(tmp_path / "init.pt"), "--steps", "4", "--tasks", "4", "--n_tasks", "8", "--eval_every", "2",
@@ -248,19 +250,20 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     D.main(args + ["--run", "straight"])
     real_round, calls = D.distill_round, []
 
-    def dies_in_round_3(*a, **k):
+    def dies(*a, **k):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == dies_in:
             raise KeyboardInterrupt
         return real_round(*a, **k)
 
-    monkeypatch.setattr(D, "distill_round", dies_in_round_3)
+    monkeypatch.setattr(D, "distill_round", dies)
     with pytest.raises(KeyboardInterrupt):
         D.main(args + ["--run", "resumed"])
-    assert [r["step"] for r in logged(tmp_path, "resumed")] == [1, 2]
+    assert [r["step"] for r in logged(tmp_path, "resumed")] == list(range(1, dies_in))
     monkeypatch.setattr(D, "distill_round", real_round)
     D.main(args + ["--run", "resumed", "--resume", "1"])
     assert logged(tmp_path, "resumed") == logged(tmp_path, "straight")
+    assert (tmp_path / "out" / "resumed" / "log.cut.jsonl").exists() == (dies_in == 4)
 
 
 def test_frozen_teacher_is_the_start_and_never_moves(tmp_path, monkeypatch):
