@@ -38,8 +38,7 @@ import torch
 from config import parse_args
 from env import PI_FORMS, TRAIN_SEEDS
 
-RESULTS, FIGURES = os.path.join("results", "analysis"), os.path.join("docs", "figures")
-ALPHAS = (0.0, 0.5, 1.0)
+RESULTS = os.path.join("results", "analysis")
 BETAS = (0.0, 0.1, 0.25, 0.5)
 # seconds per run alone on the 2-core CPU (two threads), measured on the defaults (docs/analyses.md); `jobs` 2 runs
 # two at a time with one thread each, which takes about twice as long per run and about as long in total
@@ -197,7 +196,7 @@ def premise(n):
             return json.load(f)
     from eval import evaluate
     from model import kl_div, load_checkpoint, vocab_logprobs
-    from rollout import TEMPERATURE, play, teacher_view, trimmed
+    from rollout import TEMPERATURE, episode_sums, play, teacher_view, trimmed
     from run import base_checkpoint
 
     model = load_checkpoint(base_checkpoint("toy_shop"))[0].eval()
@@ -213,8 +212,7 @@ def premise(n):
                 (ids_s, mask_s, _), (ids_t, mask_t, _) = trimmed(played.episodes, "cpu"), trimmed(
                     teacher_view(played, form), "cpu")
                 per_token = kl_div(vocab_logprobs(model(ids_s)[0], mask_s), vocab_logprobs(model(ids_t)[0], mask_t))
-                rows = torch.arange(ids_s.size(0)).repeat_interleave(played.episodes.mask.sum(1))
-                reverse += torch.zeros(ids_s.size(0)).index_add_(0, rows, per_token).tolist()
+                reverse += episode_sums(per_token, played.episodes.mask).tolist()
         out[form] = {"teacher": teacher["success"], "delta": teacher["success"] - out["student"],
                      "kl_ts": teacher["kl"], "kl_st": statistics.mean(reverse)}
         print(f"premise {form:6s} teacher {teacher['success']:.3f} | Δ {out[form]['delta']:+.3f} | "

@@ -11,6 +11,7 @@ import statistics
 from env import PI_FORMS
 
 TABLES, FIGURES = os.path.join("docs", "analyses"), os.path.join("docs", "figures")
+ALPHAS = (0.0, 0.5, 1.0)
 ALPHA_COLOURS = {0.0: "tab:blue", 0.5: "tab:green", 1.0: "tab:red", "OPSD": "tab:purple"}
 
 
@@ -200,5 +201,3 @@ def beta(runs):
     ax.legend(fontsize=8)
     save(fig, "beta")
 
-
-ALPHAS = (0.0, 0.5, 1.0)

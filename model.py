@@ -84,14 +84,13 @@ class KVCache:
 
     A forward with the cache feeds each row a chunk of new tokens (rows may feed different numbers, the rest of the
     chunk is padding), written in place at positions lengths[b], lengths[b] + 1, ...; padding writes go to a spare
-    slot after the last position, which no query ever sees. `keep(rows)` drops
-    finished rows so their compute stops; `repeat(k)` turns the cache of G prefilled prompts into G*K rows (the K
-    samples of each group).
+    slot after the last position, which no query ever sees. `keep(rows)` drops finished rows so their compute
+    stops; `repeat(k)` turns the cache of G prefilled prompts into G*K rows (the K samples of each group).
     """
 
     def __init__(self, config, batch_size, max_len, device, dtype=torch.float32):
-        self.shape = (config.n_layer, batch_size, config.n_head, 0, config.n_embd // config.n_head)
-        self.k = self.v = torch.zeros(self.shape, device=device, dtype=dtype)
+        shape = (config.n_layer, batch_size, config.n_head, 0, config.n_embd // config.n_head)  # grows with the rows
+        self.k = self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # positions filled, per row
         self.max_len = max_len
 

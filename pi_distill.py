@@ -43,7 +43,8 @@ from env import TEST_SEEDS, TRAIN_SEEDS
 from eval import evaluate, transfer
 from grpo import CLIP, centred_advantages, clipped_surrogate, entropy, update
 from model import kl_div, token_logprobs, vocab_logprobs
-from rollout import TEMPERATURE, distinct, kl_teacher_student, play, show_episode, student_view, trimmed
+from rollout import (TEMPERATURE, distinct, episode_sums, kl_teacher_student, play, show_episode, student_view,
+                     trimmed)
 from run import Run, RunConfig, pi_tasks
 
 DUAL_CLIP = 3.0  # cap of the student's off-policy ratio where A < 0 (docs/deviations.md)
@@ -185,7 +186,7 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher=None
         stats.update(teacher_success=played.rewards.mean().item(), zero_adv=1 - keep_t.float().mean().item(),
                      zero_adv_student=1 - keep_s.float().mean().item(), distinct=len(rows) / len(inverse),
                      len=played.episodes.lengths.float().mean().item())
-        tokens, shown, pi_copies = tokens + played.episodes.mask.sum().item(), played, (len(rows), inverse)
+        tokens, shown, pi_inverse = tokens + played.episodes.mask.sum().item(), played, inverse
     if plain_seeds:
         plain = play(model, plain_seeds, K, level=cfg.level, temperature=TEMPERATURE, generator=generator)
         adv, keep = centred_advantages(plain.rewards, K)
@@ -206,9 +207,7 @@ def distill_round(model, opt, cfg, seeds, has_pi, alpha, generator, teacher=None
                                          dual_clip=DUAL_CLIP, n_tokens=n, record=record)
                 loss = loss + term * n / n_total
                 if record:  # α = 0: KL_seq per episode from the first step's KL term, before any update
-                    n_distinct, inverse = pi_copies
-                    where = torch.arange(n_distinct).repeat_interleave(student.mask[:, 1:].sum(1).long().cpu())
-                    kl = torch.zeros(n_distinct).index_add_(0, where, record["kl"].cpu())[inverse]
+                    kl = episode_sums(record["kl"], student.mask[:, 1:])[pi_inverse]
         if torch.is_tensor(loss):
             update(model, opt, loss)
     if pi_seeds:

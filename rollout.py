@@ -151,21 +151,22 @@ def generate(model, prompts, k=1, *, max_len, on_turn_end=None, stop_ids=(), max
         ready = [i for i, row in enumerate(active) if not pending[row]]  # rows whose logits predict pos[row]
         if ready:
             draw_through(max(pos[active[i]] for i in ready))
-            at = torch.tensor(ready)
-            u = uniforms[torch.tensor(pos)[active][at] - start, torch.tensor(active)[at]]
-            sampled, lp = next_token(logits[at.to(device)], u.to(device), temperature, top_k)
+            sampling = [active[i] for i in ready]
+            u = uniforms[torch.tensor([pos[row] for row in sampling]) - start, torch.tensor(sampling)]
+            row_logits = logits[torch.tensor(ready, device=device)]
+            sampled, lp = next_token(row_logits, u.to(device), temperature, top_k)
             if keep_dist:
-                for i, row_lp in zip(ready, F.log_softmax(logits[at.to(device)].float(), dim=-1).cpu()):
-                    dist[active[i]].append(row_lp)
+                for row, row_lp in zip(sampling, F.log_softmax(row_logits.float(), dim=-1).cpu()):
+                    dist[row].append(row_lp)
         finished = set()
         for i, s, s_lp in zip(ready, sampled.tolist() if ready else [], lp.tolist() if ready else []):
             row, t = active[i], pos[active[i]]
-            _, _, ended = rows.choose(row, s)  # the turn bookkeeping; the env's reply lands in the queue
+            rows.choose(row, s)  # the turn bookkeeping; the env's reply lands in the queue, `ending` says if it ends
             forced, rows.queue[row] = rows.queue[row], []
             end = t + 1 + len(forced)  # the reply is written at once and fed as chunks after the sampled token
             ids[row, t], mask[row, t], logp[row, t] = s, 1, s_lp
             ids[row, t + 1 : min(end, max_len)] = torch.tensor(forced[: max_len - t - 1], dtype=torch.long)
-            if ended or (rows.ending[row] and end <= max_len):
+            if rows.ending[row] and end <= max_len:
                 lengths[row], done[row] = end, True
                 finished.add(i)
             elif end >= max_len:  # max_len cut the row off (in its reply or before its next token): done False
@@ -350,10 +351,15 @@ def kl_teacher_student(model, played, pi, with_teacher=False, teacher=None):
         ids_t, mask_t, _ = trimmed(ep, device)
         lp_t = vocab_logprobs((teacher or model)(ids_t)[0], mask_t)
     lp_s = vocab_logprobs(model(ids_s)[0], mask_s)  # (N, V), the same tokens, same order
-    per_token = kl_div(lp_t, lp_s).cpu()  # (N,) KL(π^T ‖ π^S) at each agent token
-    rows = torch.arange(ep.ids.size(0)).repeat_interleave(ep.mask.sum(1))
-    kl_seq = torch.zeros(ep.ids.size(0)).index_add_(0, rows, per_token)
+    kl_seq = episode_sums(kl_div(lp_t, lp_s), ep.mask)  # KL(π^T ‖ π^S) at each agent token, summed per episode
     return (kl_seq, lp_t) if with_teacher else kl_seq
+
+
+def episode_sums(per_token, mask):
+    """Per-token values (N,) at the agent tokens of B episodes (mask (B, T), row-major order) summed per episode:
+    (B,) on the CPU. How every exact KL_seq is made from the per-token KL."""
+    rows = torch.arange(mask.size(0)).repeat_interleave(mask.sum(1).long().cpu())
+    return torch.zeros(mask.size(0)).index_add_(0, rows, per_token.detach().cpu())
 
 
 def show_episode(played, row=0):
